@@ -1,0 +1,75 @@
+// ega_infer._cuda: thin pybind11 bindings over the raw-pointer CUDA launchers.
+//
+// Only integers cross this boundary (device pointers, a cudaStream_t handle), never torch
+// objects, so the module does not depend on torch's C++ ABI. cudart is linked statically.
+// Host code only: CMake compiles this file with the C++ compiler, since nvcc would parse the
+// pybind11 headers once per GPU architecture (about twice the build time on a 2-core machine).
+// The kernels, and the __CUDA_ARCH_LIST__ they were built for, live in trie_log_softmax.cu.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "trie_log_softmax.cuh"
+
+namespace py = pybind11;
+
+namespace {
+
+ega_infer::LogitsDtype parse_dtype(const std::string& name) {
+  if (name == "float32") return ega_infer::LogitsDtype::kFloat32;
+  if (name == "bfloat16") return ega_infer::LogitsDtype::kBFloat16;
+  if (name == "float16") return ega_infer::LogitsDtype::kFloat16;
+  throw std::invalid_argument("logits_dtype: '" + name +
+                              "'; expected 'float32', 'bfloat16' or 'float16'");
+}
+
+template <typename T>
+T* as_ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+void trie_log_softmax(uintptr_t logits_ptr, const std::string& logits_dtype,
+                      int64_t logits_row_stride, uintptr_t row_node_ptr, uintptr_t child_ptr_ptr,
+                      uintptr_t child_code_ptr, uintptr_t child_max_bid_ptr, uintptr_t allowed_ptr,
+                      uintptr_t out_ptr, int64_t rows, int64_t vocab, float alpha, float beta,
+                      uintptr_t stream) {
+  const ega_infer::LogitsDtype dtype = parse_dtype(logits_dtype);
+  py::gil_scoped_release release;
+  ega_infer::launch_trie_log_softmax(
+      as_ptr<const void>(logits_ptr), dtype, logits_row_stride, as_ptr<const int64_t>(row_node_ptr),
+      as_ptr<const int64_t>(child_ptr_ptr), as_ptr<const int32_t>(child_code_ptr),
+      as_ptr<const float>(child_max_bid_ptr), as_ptr<const uint8_t>(allowed_ptr),
+      as_ptr<float>(out_ptr), rows, vocab, alpha, beta, reinterpret_cast<cudaStream_t>(stream));
+}
+
+int driver_version() {
+  int version = 0;
+  if (cudaDriverGetVersion(&version) != cudaSuccess) return 0;
+  return version;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "ega_infer CUDA kernels over raw device pointers (cudart linked statically).";
+  m.def("trie_log_softmax", &trie_log_softmax, py::arg("logits_ptr"), py::arg("logits_dtype"),
+        py::arg("logits_row_stride"), py::arg("row_node_ptr"), py::arg("child_ptr_ptr"),
+        py::arg("child_code_ptr"), py::arg("child_max_bid_ptr"), py::arg("allowed_ptr"),
+        py::arg("out_ptr"), py::arg("rows"), py::arg("vocab"), py::arg("alpha"), py::arg("beta"),
+        py::arg("stream"),
+        "Launch the trie log-softmax kernel. Pointers: logits [rows, vocab] (row stride given), "
+        "row_node int64 [rows], child_ptr int64, child_code int32, child_max_bid float32, "
+        "allowed uint8 [rows, vocab] or 0, out float32 [rows, vocab]; stream: a cudaStream_t.");
+  m.def("compiled_archs", &ega_infer::compiled_cuda_archs,
+        "CUDA architectures compiled in, from nvcc's __CUDA_ARCH_LIST__ (e.g. [800, 900]).");
+  m.def("cuda_runtime_version", []() { return CUDART_VERSION; },
+        "Version of the statically linked CUDA runtime (e.g. 13000).");
+  m.def("cuda_driver_version", &driver_version,
+        "CUDA version the installed driver supports (e.g. 13000), 0 without a driver.");
+}

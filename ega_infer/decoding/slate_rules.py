@@ -1,0 +1,108 @@
+"""Which items a lists-mode beam may place next, vectorised over requests and beams.
+
+At slot s a beam may take any ad it has not used yet (when the slot rules allow an ad there)
+or the next organic item of its request (organic items keep their given order). A trie child
+is admissible when its subtree still holds such an item; a chosen leaf resolves to its
+highest-bid admissible ad, else to the admissible organic item.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..catalog.trie import DeviceTrie
+from ..ops.trie_log_softmax import trie_children
+from .config import DecodeConfig
+
+__all__ = ["SlateRules"]
+
+_NO_AD = -(10**6)  # "last ad slot" of a beam that has placed no ad yet
+
+
+class SlateRules:
+    """Per-beam slate state (``[N, B]`` each) and the admissibility masks it implies.
+
+    organic : [N, M] catalog rows of each request's organic items in their given order, -1 pad.
+    """
+
+    def __init__(self, config: DecodeConfig, trie: DeviceTrie, is_ad: torch.Tensor, organic: torch.Tensor) -> None:
+        self.config = config
+        self.trie = trie
+        self.is_ad = is_ad
+        self.organic = organic
+        n = organic.shape[0]
+        device = organic.device
+        self.organic_len = (organic >= 0).sum(1)
+        self.next_organic = torch.zeros(n, 1, dtype=torch.long, device=device)
+        self.n_ads = torch.zeros(n, 1, dtype=torch.long, device=device)
+        self.last_ad = torch.full((n, 1), _NO_AD, dtype=torch.long, device=device)
+        self.forbidden = set(config.forbidden_ad_slots)
+
+    def reorder(self, parent: torch.Tensor) -> None:
+        self.next_organic = self.next_organic.gather(1, parent)
+        self.n_ads = self.n_ads.gather(1, parent)
+        self.last_ad = self.last_ad.gather(1, parent)
+
+    def ads_ok(self, slot: int) -> torch.Tensor:
+        if slot in self.forbidden:
+            return torch.zeros_like(self.n_ads, dtype=torch.bool)
+        ok = slot - self.last_ad - 1 >= self.config.min_gap
+        if self.config.max_ads is not None:
+            ok &= self.n_ads < self.config.max_ads
+        return ok
+
+    def organic_next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ok, row)``: whether an organic item is left, and its catalog row (-1 if none)."""
+        ok = self.next_organic < self.organic_len[:, None]
+        if self.organic.shape[1] == 0:
+            return ok, torch.full_like(self.next_organic, -1)
+        idx = self.next_organic.clamp(max=self.organic.shape[1] - 1)
+        return ok, torch.where(ok, self.organic.gather(1, idx), -1)
+
+    def allowed(self, level: int, slot: int, node: torch.Tensor, slot_items: torch.Tensor) -> torch.Tensor:
+        """Admissible codes at ``level`` for beams at trie ``node [N, B]``: bool ``[N * B, V]``.
+
+        slot_items : [N, B, K] rows of the items placed so far (-1 for none).
+        """
+        n, b = node.shape
+        trie = self.trie
+        rows, child = trie_children(node.reshape(-1), trie.child_ptr[level])
+        used = slot_items.reshape(n * b, -1)
+        used_ad = (used >= 0) & self.is_ad[used.clamp(min=0)]
+        used_nodes = torch.where(used_ad, trie.item_nodes[used.clamp(min=0), level], -1)
+        ads_left = trie.node_ad_count[level][child] - (used_nodes[rows] == child[:, None]).sum(1)
+        organic_ok, organic_row = self.organic_next()
+        organic_node = torch.where(organic_ok, trie.item_nodes[organic_row.clamp(min=0), level], -1).reshape(-1)
+        ads_ok = self.ads_ok(slot).reshape(-1)
+        ok = (ads_ok[rows] & (ads_left > 0)) | (organic_node[rows] == child)
+        allowed = torch.zeros(n * b, trie.codebook_sizes[level], dtype=torch.bool, device=node.device)
+        allowed[rows[ok], trie.node_code[level][child[ok]].long()] = True
+        return allowed
+
+    def resolve(self, slot: int, leaf: torch.Tensor, slot_items: torch.Tensor) -> torch.Tensor:
+        """Item row each beam places at its chosen ``leaf [N, B]`` (-1 for dead beams)."""
+        trie = self.trie
+        alive = leaf >= 0
+        leaf = leaf.clamp(min=0)
+        start = trie.leaf_ptr[leaf]
+        count = trie.leaf_ptr[leaf + 1] - start
+        width = int(count.max()) if count.numel() else 0
+        offset = torch.arange(max(width, 1), device=leaf.device)
+        valid = offset < count[..., None]
+        items = trie.leaf_items[(start[..., None] + offset).clamp(max=max(len(trie.leaf_items) - 1, 0))]
+        unused = ~(items[..., :, None] == slot_items[..., None, :]).any(-1)
+        organic_ok, organic_row = self.organic_next()
+        admissible = valid & (
+            (self.is_ad[items] & self.ads_ok(slot)[..., None] & unused)
+            | ((items == organic_row[..., None]) & organic_ok[..., None])
+        )
+        first = admissible.int().argmax(-1, keepdim=True)
+        return torch.where(alive & admissible.any(-1), items.gather(-1, first).squeeze(-1), -1)
+
+    def place(self, slot: int, items: torch.Tensor) -> None:
+        """Record the items placed at ``slot`` (``[N, B]``, -1 for dead beams)."""
+        placed = items >= 0
+        ad = placed & self.is_ad[items.clamp(min=0)]
+        self.n_ads += ad.long()
+        self.last_ad = torch.where(ad, slot, self.last_ad)
+        self.next_organic += (placed & ~ad).long()

@@ -1,0 +1,261 @@
+"""The serving front end: load a model, set a catalog, turn ad requests into slates.
+
+``generate`` runs the whole pipeline for a batch: validate each request, encode histories
+(once per request), constrained beam search, creative choice, reward-model list selection,
+payments. Catalog swaps are atomic: a batch decodes against the catalog it started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .catalog import Catalog
+from .decoding import BeamResult, DecodeConfig, beam_search
+from .exceptions import CatalogError, ConfigError, RequestError
+from .model import GenerativeAdModel
+from .post import choose_creatives, price_slates, score_lists
+from .presets import PRESETS, get_preset
+from .request import PreparedRequest, Request, collate, prepare_request
+from .slate import Candidate, Slate, SlotResult
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    def __init__(self, model: GenerativeAdModel, device: str | torch.device = "cpu", default_config: DecodeConfig | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.default_config = default_config or DecodeConfig()
+        self._catalog: Catalog | None = None
+        self._catalog_tensors: dict[str, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_preset: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> Engine:
+        """A preset name (``tiny``, ``ega-base``, ``gr4ad-base``) or a directory written by
+        ``GenerativeAdModel.save_pretrained``. Presets without shipped weights start from
+        deterministic random weights (seeded)."""
+        if str(path_or_preset) in PRESETS:
+            preset = get_preset(str(path_or_preset))
+            model = GenerativeAdModel.from_config(preset.model, seed=preset.seed)
+            default = preset.decode
+        else:
+            model = GenerativeAdModel.from_pretrained(path_or_preset, device="cpu")
+            default = None
+        if dtype is not None:
+            model = model.to(dtype)
+        return cls(model, device, default)
+
+    # -- catalog -----------------------------------------------------------------------------
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Swap in a catalog (checked against the model's codebooks); in-flight batches keep theirs."""
+        if tuple(catalog.codebook_sizes) != self.config.poi_codebook_sizes:
+            raise CatalogError(
+                "codebook_sizes", f"is {catalog.codebook_sizes}", f"{self.config.poi_codebook_sizes} (the model's POI codebooks)"
+            )
+        if tuple(catalog.creative_codebook_sizes) != self.config.creative_codebook_sizes:
+            raise CatalogError(
+                "creative_codebook_sizes", f"is {catalog.creative_codebook_sizes}",
+                f"{self.config.creative_codebook_sizes} (the model's creative codebooks)",
+            )
+        catalog.device_trie(self.device)  # build device arrays before the swap
+        tensors = {
+            "is_ad": torch.tensor(catalog.is_ad, device=self.device),
+            "bids": torch.tensor(catalog.bids, device=self.device),
+            "creative_ptr": torch.tensor(catalog.creative_ptr, device=self.device),
+            "creative_codes": torch.tensor(catalog.creative_codes, device=self.device).long(),
+        }
+        with self._lock:
+            self._catalog, self._catalog_tensors = catalog, tensors
+
+    @property
+    def catalog(self) -> Catalog | None:
+        return self._catalog
+
+    # -- generation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, requests: Sequence[Request], config: DecodeConfig | None = None) -> list[Slate]:
+        """Serve a batch of requests; returns one ``Slate`` per request, in order."""
+        config = config or self.default_config
+        with self._lock:
+            catalog, tensors = self._catalog, self._catalog_tensors
+        if catalog is None or tensors is None:
+            raise CatalogError("catalog", "is not set", "a Catalog given to Engine.set_catalog first")
+        config.beam_schedule(self.config.levels)
+        if config.num_slots > self.config.decoder.max_slots:
+            raise ConfigError("num_slots", f"is {config.num_slots}", f"at most {self.config.decoder.max_slots} (the model's max_slots)")
+        lists_mode = config.mode == "lists"
+        timer = _StageTimer(self.device)
+
+        with timer("validate"):
+            prepared: list[PreparedRequest] = []
+            errors: dict[int, str] = {}
+            for i, request in enumerate(requests):
+                try:
+                    prepared.append(prepare_request(request, self.config, catalog, lists_mode))
+                except RequestError as exc:
+                    errors[i] = f"requests[{i}].{exc}"
+            if len(catalog) == 0:
+                errors = {i: f"requests[{i}]: the catalog has no items to serve" for i in range(len(requests))}
+            served = [i for i in range(len(requests)) if i not in errors]
+        if not served:
+            return [Slate(_rid(r, i), error=errors[i], latency_ms=timer.ms) for i, r in enumerate(requests)]
+
+        with timer("encode"):
+            history, organic = collate(prepared, self.device)
+            memory, mask = self.model.encoder(history)
+            ctx = self.model.decoder.context(memory, mask)
+        with timer("decode"):
+            trie = catalog.device_trie(self.device)
+            beams = beam_search(self.model.decoder, ctx, trie, tensors["is_ad"], config, organic)
+            lists = _candidate_lists(beams, config)
+        with timer("creative"):
+            creative_rows = torch.full_like(lists.items, -1)
+            if config.choose_creatives:
+                creative_ctx = self.model.creative.context(memory, mask)
+                creative_rows = choose_creatives(
+                    self.model, creative_ctx, lists.items, lists.poi_codes, lists.hidden,
+                    tensors["creative_ptr"], tensors["creative_codes"],
+                )
+        with timer("reward"):
+            safe = lists.items.clamp(min=0)
+            placed = lists.items >= 0
+            is_ad = tensors["is_ad"][safe] & placed
+            bids = torch.where(is_ad, tensors["bids"][safe], 0.0)
+            creative_codes = torch.where(
+                (creative_rows >= 0)[..., None], tensors["creative_codes"][creative_rows.clamp(min=0)], -1
+            )
+            scored = score_lists(
+                self.model.reward, lists.poi_codes, creative_codes, lists.items, is_ad, bids,
+                lists.alive, config.list_score,
+            )
+        with timer("payment"):
+            rows = torch.arange(len(prepared), device=self.device)
+            w = scored.winner
+            rate, payment = price_slates(
+                self.model.payment, scored.slot_repr[rows, w], bids[rows, w], is_ad[rows, w],
+                lists.log_alloc[rows, w], scored.probs[rows, w, :, 0],
+            )
+        with timer("respond"):
+            out = _to_numpy(
+                winner=w, items=lists.items, is_ad=is_ad, bids=bids, creative=creative_rows,
+                probs=scored.probs, list_scores=scored.list_scores, log_alloc=lists.log_alloc,
+                payment=payment, beam_items=beams.items, beam_scores=beams.scores,
+            )
+            built = _build_slates(out, catalog, config, [_rid(requests[i], i) for i in served])
+        latency = timer.ms
+        served_slates = iter(built)
+        slates: list[Slate] = []
+        for i, request in enumerate(requests):
+            if i in errors:
+                slates.append(Slate(_rid(request, i), error=errors[i], latency_ms=latency))
+            else:
+                s = next(served_slates)
+                slates.append(dataclasses.replace(s, latency_ms=latency))
+        return slates
+
+
+class _Lists:
+    """The candidate lists the reward model chooses among: ``[N, L, K]`` per field."""
+
+    def __init__(self, items, poi_codes, hidden, log_alloc, alive):
+        self.items, self.poi_codes, self.hidden, self.log_alloc, self.alive = items, poi_codes, hidden, log_alloc, alive
+
+
+def _candidate_lists(beams: BeamResult, config: DecodeConfig) -> _Lists:
+    if config.mode == "lists":
+        return _Lists(beams.items, beams.poi_codes, beams.hidden, beams.log_alloc, beams.alive)
+    # candidates: the slate is the best num_slots beams in beam order (one list per request)
+    k = min(config.num_slots, beams.scores.shape[1])
+    alive = beams.alive[:, :k]
+    items = torch.where(alive, beams.items[:, :k, 0], -1)
+    log_alloc = torch.where(alive, beams.scores[:, :k], float("-inf"))
+    return _Lists(
+        items[:, None], beams.poi_codes[:, None, :k, 0], beams.hidden[:, None, :k, 0],
+        log_alloc[:, None], alive[:, :1].any(1, keepdim=True),
+    )
+
+
+def _to_numpy(**tensors: torch.Tensor) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+
+
+def _build_slates(out: dict[str, np.ndarray], catalog: Catalog, config: DecodeConfig, ids: list[str]) -> list[Slate]:
+    slates = []
+    for n, request_id in enumerate(ids):
+        w = out["winner"][n]
+        items = out["items"][n, w]
+        if out["list_scores"][n, w] == -np.inf:
+            reason = "the catalog has no item" if config.mode == "candidates" else (
+                f"no slate of {config.num_slots} slots fits the catalog, organic_items and slot rules"
+            )
+            slates.append(Slate(request_id, error=f"request {request_id!r}: {reason}"))
+            continue
+        slots = []
+        for k, row in enumerate(items):
+            if row < 0:
+                continue
+            creative = out["creative"][n, w, k]
+            pctr, pctr_creative, pcvr = (float(x) for x in out["probs"][n, w, k])
+            slots.append(SlotResult(
+                slot=k, item_id=int(catalog.item_ids[row]), is_ad=bool(out["is_ad"][n, w, k]),
+                creative_id=int(catalog.creative_ids[creative]) if creative >= 0 else None,
+                bid=float(out["bids"][n, w, k]), payment=float(out["payment"][n, k]),
+                pctr_poi=pctr, pctr_creative=pctr_creative, pcvr=pcvr,
+                alloc_prob=float(np.exp(out["log_alloc"][n, w, k])),
+            ))
+        slates.append(Slate(request_id, tuple(slots), _candidates(out, catalog, config, n)))
+    return slates
+
+
+def _candidates(out: dict[str, np.ndarray], catalog: Catalog, config: DecodeConfig, n: int) -> tuple[Candidate, ...]:
+    scores = out["beam_scores"][n]
+    found = []
+    for b in np.flatnonzero(scores > -np.inf)[: config.num_candidates]:
+        rows = out["beam_items"][n, b]
+        ids = tuple(int(catalog.item_ids[r]) for r in rows if r >= 0)
+        list_score = float(out["list_scores"][n, b]) if config.mode == "lists" else None
+        found.append(Candidate(ids, float(scores[b]), list_score))
+    return tuple(found)
+
+
+def _rid(request: Request, index: int) -> str:
+    rid = getattr(request, "request_id", "")
+    return rid if isinstance(rid, str) and rid else str(index)
+
+
+class _StageTimer:
+    """Wall time per stage in ms; synchronises the device so GPU stages are attributed right."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stages: dict[str, float] = {}
+        self._start = time.perf_counter()
+        self._end = self._start
+
+    @property
+    def ms(self) -> dict[str, float]:
+        return {**self.stages, "total": (self._end - self._start) * 1e3}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._end = time.perf_counter()
+        self.stages[stage] = (self._end - begin) * 1e3

@@ -1,0 +1,58 @@
+"""Every error the engine raises on purpose lives here.
+
+Each carries the name of the offending field so a caller (or a log line) can tell which input
+was wrong and what was expected, without reading a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EgaInferError",
+    "FieldError",
+    "CatalogError",
+    "RequestError",
+    "ConfigError",
+    "BackendUnavailableError",
+    "CheckpointError",
+]
+
+
+class EgaInferError(Exception):
+    """Base class of the engine's own errors."""
+
+
+class FieldError(EgaInferError, ValueError):
+    """A value of a named input field is wrong.
+
+    ``field`` is the field path (``"bids[3]"``, ``"history_poi_codes"``), ``expected`` says what
+    would have been accepted.
+    """
+
+    def __init__(self, field: str, problem: str, expected: str | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.expected = expected
+        message = f"{field}: {problem}"
+        if expected:
+            message += f"; expected {expected}"
+        super().__init__(message)
+
+
+class CatalogError(FieldError):
+    """The catalog (items, bids, creatives) is malformed or does not fit the model."""
+
+
+class RequestError(FieldError):
+    """One ad request is malformed; other requests of the same batch are unaffected."""
+
+
+class ConfigError(FieldError):
+    """A configuration dataclass was given an invalid value."""
+
+
+class BackendUnavailableError(EgaInferError, RuntimeError):
+    """A kernel backend was asked for but is not built or has no device to run on."""
+
+
+class CheckpointError(EgaInferError, OSError):
+    """A model or catalog file is missing, unreadable, or does not match its config."""

@@ -1,0 +1,76 @@
+"""Named model presets with their default decoding settings.
+
+* ``tiny``: the embedded default, small enough to train and serve on a CPU.
+* ``ega-base``: EGA-V2 shapes: 3 levels x 1024 codes, slates of 10 slots, 64 beams, history 256.
+* ``gr4ad-base``: GR4AD shapes: about 0.16B parameters, 3 levels of 16384/4096/1024 codes,
+  9 decoder layers split at 6 (LazyAR), beams 128 -> 256 -> 512, history 1024.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .decoding.config import DecodeConfig
+from .model.config import (
+    DecoderConfig,
+    EncoderConfig,
+    ModelConfig,
+    RewardConfig,
+)
+
+__all__ = ["Preset", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    model: ModelConfig
+    decode: DecodeConfig
+    seed: int = 0
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        ModelConfig(
+            name="tiny",
+            poi_codebook_sizes=(32, 32, 32),
+            creative_codebook_sizes=(16, 16),
+            d_model=64,
+            encoder=EncoderConfig(n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=128, max_history=64),
+            decoder=DecoderConfig(n_layers=3, split=1, n_heads=4, n_kv_heads=2, ffn_hidden=128, max_slots=8),
+            reward=RewardConfig(d_model=32, n_layers=1, n_heads=4, ffn_hidden=64),
+        ),
+        DecodeConfig(mode="lists", beams=(16,), num_slots=6, alpha=1.2, beta=2.0),
+    ),
+    "ega-base": Preset(
+        ModelConfig(
+            name="ega-base",
+            poi_codebook_sizes=(1024, 1024, 1024),
+            creative_codebook_sizes=(1024, 1024, 1024),
+            d_model=256,
+            encoder=EncoderConfig(n_layers=3, n_heads=8, n_kv_heads=4, ffn_hidden=1024, max_history=256),
+            decoder=DecoderConfig(n_layers=3, split=0, n_heads=8, n_kv_heads=4, ffn_hidden=1024, max_slots=10),
+            reward=RewardConfig(d_model=128, n_layers=2, n_heads=4, ffn_hidden=256),
+        ),
+        DecodeConfig(mode="lists", beams=(64,), num_slots=10, alpha=1.2, beta=2.0),
+    ),
+    "gr4ad-base": Preset(
+        ModelConfig(
+            name="gr4ad-base",
+            poi_codebook_sizes=(16384, 4096, 1024),
+            creative_codebook_sizes=(1024, 1024),
+            d_model=768,
+            encoder=EncoderConfig(n_layers=4, n_heads=12, n_kv_heads=4, ffn_hidden=2048, max_history=1024),
+            decoder=DecoderConfig(n_layers=9, split=6, n_heads=12, n_kv_heads=4, ffn_hidden=2048, max_slots=10),
+            reward=RewardConfig(d_model=128, n_layers=2, n_heads=4, ffn_hidden=256),
+        ),
+        DecodeConfig(mode="candidates", beams=(128, 256, 512), num_slots=10, alpha=1.2, beta=2.0),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    from .exceptions import ConfigError
+
+    if name not in PRESETS:
+        raise ConfigError("preset", f"{name!r} is not a preset", f"one of {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,149 @@
+"""An ad request, and its validation into padded tensors for one batch.
+
+Each request is checked on its own: a bad one gets a ``RequestError`` naming the field, and
+the rest of its batch is served without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .catalog import Catalog
+from .exceptions import RequestError
+from .model.config import ModelConfig
+from .model.encoder import History
+
+__all__ = ["Request", "PreparedRequest", "prepare_request", "collate"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One ad request.
+
+    history_poi_codes : [S, C] POI codes of the user's past behaviours, oldest first (S may
+        be 0). Only the most recent ``encoder.max_history`` behaviours are used.
+    history_creative_codes : [S, Cc] creative codes of those behaviours; -1 (or None for all)
+        means unknown.
+    history_actions, history_time_buckets : [S] action type and time bucket ids (None = 0).
+    organic_items : catalog ids of the page's organic items, pre-ranked; lists mode keeps
+        their order. Ignored in candidates mode.
+    """
+
+    history_poi_codes: Sequence[Sequence[int]] | np.ndarray = ()
+    history_creative_codes: Sequence[Sequence[int]] | np.ndarray | None = None
+    history_actions: Sequence[int] | np.ndarray | None = None
+    history_time_buckets: Sequence[int] | np.ndarray | None = None
+    organic_items: Sequence[int] | np.ndarray = ()
+    request_id: str = ""
+
+
+@dataclass
+class PreparedRequest:
+    poi_codes: np.ndarray  # [S, C] int64
+    creative_codes: np.ndarray  # [S, Cc] int64
+    actions: np.ndarray  # [S]
+    time_buckets: np.ndarray  # [S]
+    organic_rows: np.ndarray  # [M] catalog rows
+
+
+def prepare_request(request: Request, config: ModelConfig, catalog: Catalog, lists_mode: bool) -> PreparedRequest:
+    """Validate one request against the model and catalog; raise ``RequestError`` naming the field."""
+    if not isinstance(request, Request):
+        raise RequestError("request", f"is a {type(request).__name__}", "an ega_infer.Request")
+    poi = _int_matrix("history_poi_codes", request.history_poi_codes, config.levels)
+    s = len(poi)
+    _in_range("history_poi_codes", poi, config.poi_codebook_sizes)
+    if request.history_creative_codes is None:
+        creative = np.full((s, config.creative_levels), -1, np.int64)
+    else:
+        creative = _int_matrix("history_creative_codes", request.history_creative_codes, config.creative_levels, s)
+        _in_range("history_creative_codes", creative, config.creative_codebook_sizes, allow_unknown=True)
+    actions = _int_vector("history_actions", request.history_actions, s, config.encoder.n_actions)
+    times = _int_vector("history_time_buckets", request.history_time_buckets, s, config.encoder.n_time_buckets)
+    keep = slice(max(0, s - config.encoder.max_history), s)
+
+    organic_rows = np.zeros(0, np.int64)
+    if lists_mode:
+        ids = np.asarray(request.organic_items)
+        if ids.size and (ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer)):
+            raise RequestError("organic_items", f"has shape {ids.shape} and dtype {ids.dtype}", "a list of item ids")
+        ids = ids.astype(np.int64).reshape(-1)
+        organic_rows = catalog.index_of(ids)
+        for j in range(len(ids)):
+            if organic_rows[j] < 0:
+                raise RequestError(f"organic_items[{j}]", f"= {ids[j]} is not in the catalog", "ids of catalog items")
+            if catalog.is_ad[organic_rows[j]]:
+                raise RequestError(f"organic_items[{j}]", f"= {ids[j]} is an ad", "organic items only")
+        _, first = np.unique(ids, return_index=True)
+        if len(first) != len(ids):
+            j = int(np.setdiff1d(np.arange(len(ids)), first)[0])
+            raise RequestError(f"organic_items[{j}]", f"= {ids[j]} appears twice", "each organic item once")
+    return PreparedRequest(poi[keep], creative[keep], actions[keep], times[keep], organic_rows)
+
+
+def collate(batch: Sequence[PreparedRequest], device: torch.device) -> tuple[History, torch.Tensor]:
+    """Pad a batch: the encoder's ``History`` and organic rows ``[N, M]`` (-1 pad)."""
+    n = len(batch)
+    s = max([len(r.poi_codes) for r in batch] + [1])
+    m = max([len(r.organic_rows) for r in batch] + [0])
+    levels, creative_levels = batch[0].poi_codes.shape[1], batch[0].creative_codes.shape[1]
+    poi = np.zeros((n, s, levels), np.int64)
+    creative = np.full((n, s, creative_levels), -1, np.int64)
+    actions = np.zeros((n, s), np.int64)
+    times = np.zeros((n, s), np.int64)
+    organic = np.full((n, m), -1, np.int64)
+    lengths = np.zeros(n, np.int64)
+    for i, r in enumerate(batch):
+        length = len(r.poi_codes)
+        lengths[i] = length
+        poi[i, :length], creative[i, :length] = r.poi_codes, r.creative_codes
+        actions[i, :length], times[i, :length] = r.actions, r.time_buckets
+        organic[i, : len(r.organic_rows)] = r.organic_rows
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
+    return History(t(poi), t(creative), t(actions), t(times), t(lengths)), t(organic)
+
+
+def _int_matrix(name: str, values, width: int, rows: int | None = None) -> np.ndarray:
+    a = np.asarray(values)
+    if a.size == 0 and (rows is None or rows == 0):
+        return np.zeros((0, width), np.int64)
+    if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
+        raise RequestError(name, f"has shape {a.shape} and dtype {a.dtype}", f"integers of shape (S, {width})")
+    if a.shape[1] != width:
+        raise RequestError(name, f"has {a.shape[1]} codes per behaviour", f"{width}")
+    if rows is not None and a.shape[0] != rows:
+        raise RequestError(name, f"has {a.shape[0]} rows", f"{rows} (one per behaviour of history_poi_codes)")
+    return a.astype(np.int64)
+
+
+def _in_range(name: str, codes: np.ndarray, sizes: tuple[int, ...], allow_unknown: bool = False) -> None:
+    low = -1 if allow_unknown else 0
+    bad = (codes < low) | (codes >= np.asarray(sizes))
+    if bad.any():
+        i, level = np.argwhere(bad)[0]
+        unknown = " (or -1 for unknown)" if allow_unknown else ""
+        raise RequestError(
+            f"{name}[{i}, {level}]", f"= {codes[i, level]} is out of range",
+            f"a code in [0, {sizes[level]}){unknown}",
+        )
+
+
+def _int_vector(name: str, values, length: int, size: int) -> np.ndarray:
+    if values is None:
+        return np.zeros(length, np.int64)
+    a = np.asarray(values)
+    if a.size == 0 and length == 0:
+        return np.zeros(0, np.int64)
+    if a.shape != (length,) or not np.issubdtype(a.dtype, np.integer):
+        raise RequestError(name, f"has shape {a.shape} and dtype {a.dtype}", f"{length} integers (one per behaviour)")
+    bad = np.flatnonzero((a < 0) | (a >= size))
+    if len(bad):
+        raise RequestError(f"{name}[{bad[0]}]", f"= {a[bad[0]]} is out of range", f"an id in [0, {size})")
+    return a.astype(np.int64)
