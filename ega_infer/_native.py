@@ -109,7 +109,7 @@ def native_info() -> dict[str, Any]:
         "cuda_driver_version": None,
     }
     if cuda is not None:
-        info["cuda_archs"] = list(cuda.compiled_archs())
+        info["cuda_archs"] = [f"sm_{arch // 10}" for arch in cuda.compiled_archs()]
         info["cuda_runtime_version"] = int(cuda.cuda_runtime_version())
         info["cuda_driver_version"] = int(cuda.cuda_driver_version())
     return info

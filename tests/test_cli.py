@@ -1,0 +1,36 @@
+"""The command line: ``ega-infer info`` reports the build, ``ega-infer demo`` serves slates."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ega_infer.cli import main
+
+
+def test_info_reports_the_build(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["c_module"] is True
+    assert info["torch"]
+    if info["cuda_module"] and "EGA_INFER_CUDA_ARCHS" not in os.environ:
+        assert info["cuda_archs"] == ["sm_80", "sm_90"]
+    elif shutil.which("nvcc") and os.environ.get("EGA_INFER_CUDA", "AUTO").upper() != "OFF":
+        pytest.fail("nvcc is on PATH but ega_infer._cuda was not built")
+
+
+@pytest.mark.parametrize("mode", ["lists", "candidates"])
+def test_demo_prints_slates_and_latencies(capsys, mode):
+    assert main(["demo", "--requests", "2", "--items", "300", "--mode", mode]) == 0
+    out = capsys.readouterr().out
+    assert out.count("request req-") == 2 and "ERROR" not in out
+    assert "stage latency" in out and "decode" in out
+
+
+def test_console_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "ega_infer", "info"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "c_module" in result.stdout
