@@ -463,12 +463,11 @@ def _removable_without_emptying(cat: Catalog, rng) -> np.ndarray:
     return cat.item_ids[np.array(picked, dtype=np.int64)]
 
 
-def _check_without(cat: Catalog, ids: np.ndarray, expect_patch: bool) -> Catalog:
+def _check_without(cat: Catalog, ids: np.ndarray) -> Catalog:
+    """Remove ``ids``; the result must equal a from-scratch build of the kept items (every
+    catalog and trie array, dtypes too, and the id index), and ``cat`` must stay unchanged."""
     snap = snapshot(cat)
     keep = ~np.isin(cat.item_ids, ids)
-    patched = cat.trie.without_items(keep, cat.is_ad[keep], cat.bids[keep])
-    assert (patched is not None) == expect_patch  # the test exercises the path it means to
-    smaller = cat.without_items(ids)
     owners = np.repeat(cat.item_ids, np.diff(cat.creative_ptr))
     keep_c = np.isin(owners, cat.item_ids[keep])
     want = build(
@@ -479,36 +478,46 @@ def _check_without(cat: Catalog, ids: np.ndarray, expect_patch: bool) -> Catalog
         ),
         cat.codebook_sizes, cat.creative_codebook_sizes,
     )
+    assert_trie_equal(cat.trie.without_items(keep, cat.is_ad, cat.bids), want.trie)
+    smaller = cat.without_items(ids)
     assert_catalog_equal(smaller, want)
     check_trie_brute_force(smaller)
     assert len(smaller) == len(cat) - len(np.unique(ids))
     assert not np.isin(smaller.item_ids, ids).any()
     assert not np.isin(smaller.creative_ids, cat.creative_ids[~keep_c]).any()
     assert (smaller.index_of(ids) == -1).all()
+    np.testing.assert_array_equal(smaller.index_of(want.item_ids), np.arange(len(want)))
+    np.testing.assert_array_equal(smaller._id_order, want._id_order)  # filtered, equal to a fresh sort
     assert_unchanged(cat, snap)
+    np.testing.assert_array_equal(cat.index_of(cat.item_ids), np.arange(len(cat)))
     return smaller
+
+
+def _n_leaves(cat: Catalog) -> int:
+    return len(cat.trie.leaf_ptr) - 1
 
 
 @pytest.mark.parametrize("n", [7, 500])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_without_items_patch_path(n, seed):
+def test_without_items_keeping_every_leaf(n, seed):
     rng = np.random.default_rng(seed + 200)
-    arrays = random_arrays(n, seed, sizes=(2, 2, 2) if n == 7 else SIZES)
-    cat = build(arrays, sizes=(2, 2, 2) if n == 7 else SIZES)
+    sizes = (2, 2, 2) if n == 7 else SIZES
+    cat = build(random_arrays(n, seed, sizes=sizes), sizes=sizes)
     ids = _removable_without_emptying(cat, rng)
     if len(ids) == 0:
         pytest.skip(f"reason: seed {seed} gives no leaf with two items at n={n}")
-    _check_without(cat, ids, expect_patch=True)
+    smaller = _check_without(cat, ids)
+    np.testing.assert_array_equal(smaller.trie.level_sizes, cat.trie.level_sizes)  # no node pruned
 
 
-def test_without_items_patch_path_single_removal():
+def test_without_items_single_removal():
     cat = _collision_catalog()
-    smaller = _check_without(cat, np.array([13]), expect_patch=True)  # the leaf's winning ad goes
+    smaller = _check_without(cat, np.array([13]))  # the leaf's winning ad goes
     assert _resolve(smaller, (1, 2, 3)) == 11
 
 
 @pytest.mark.parametrize("n", SIZES_N)
-def test_without_items_rebuild_path(n):
+def test_without_items_emptying_leaves(n):
     rng = np.random.default_rng(n)
     sizes = (50, 50, 50)  # mostly singleton leaves
     cat = build(random_arrays(n, seed=n, sizes=sizes), sizes=sizes)
@@ -519,13 +528,54 @@ def test_without_items_rebuild_path(n):
     take = rng.choice(singles, size=min(len(singles), 3), replace=False)
     extra = rng.choice(len(cat), size=min(len(cat), 5), replace=False)  # mixed with other removals
     ids = np.unique(cat.item_ids[np.concatenate([take, extra])])
-    _check_without(cat, ids, expect_patch=False)
+    smaller = _check_without(cat, ids)
+    assert _n_leaves(smaller) < _n_leaves(cat)
 
 
-def test_without_items_everything():
-    cat = build(random_arrays(7, seed=3))
-    empty = _check_without(cat, cat.item_ids, expect_patch=False)
+@pytest.mark.parametrize("fraction", [0.01, 0.5, 0.95])
+@pytest.mark.parametrize("sizes", [SIZES, (50, 50, 50), (3,), (70000, 3)])
+def test_without_items_random_removals(fraction, sizes):
+    cat = build(random_arrays(500, seed=3, sizes=sizes), sizes=sizes)
+    rng = np.random.default_rng(int(fraction * 100))
+    ids = cat.item_ids[rng.random(len(cat)) < fraction]
+    _check_without(cat, ids)
+
+
+@pytest.mark.parametrize("n", SIZES_N)
+def test_without_items_everything(n):
+    cat = build(random_arrays(n, seed=3))
+    empty = _check_without(cat, cat.item_ids[::-1])
     assert len(empty) == 0 and len(empty.creative_ids) == 0
+    np.testing.assert_array_equal(empty.trie.level_sizes, [1, 0, 0, 0])
+    check_trie_brute_force(empty)
+
+
+@pytest.mark.parametrize("ad", [False, True])
+def test_without_items_one_item_catalog(ad):
+    cat = Catalog.from_items(
+        [Item(5, (1, 2, 3), is_ad=ad, bid=2.0, creatives=(Creative(9, (1, 1)),))],
+        codebook_sizes=SIZES, creative_codebook_sizes=CREATIVE_SIZES,
+    )
+    assert len(_check_without(cat, np.array([5]))) == 0
+    assert_catalog_equal(_check_without(cat, np.zeros(0, np.int64)), cat)  # removing nothing
+
+
+def test_without_items_nothing():
+    cat = build(random_arrays(500, seed=4))
+    assert_catalog_equal(_check_without(cat, np.zeros(0, np.int64)), cat)
+
+
+def test_updates_keep_trie_arrays_read_only():
+    """Catalogs share trie arrays across updates (and threads): none of them may be written."""
+    cat = build(random_arrays(50, seed=6, ad_fraction=0.8))
+    updated = cat.with_bids(cat.item_ids[cat.is_ad][:3], [0.5, 1.0, 2.0])
+    smaller = cat.without_items(cat.item_ids[:5])
+    for c in (cat, updated, smaller):
+        for name in TRIE_FIELDS:
+            for label, a, _ in _pairs(getattr(c.trie, name), getattr(c.trie, name), name):
+                assert not a.flags.writeable, label
+    assert updated.trie.child_ptr is cat.trie.child_ptr  # the structure is shared, not copied
+    assert updated._id_order is cat._id_order  # same ids: the id index is shared, not re-sorted
 
 
 def test_without_items_unknown_id():

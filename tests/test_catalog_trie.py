@@ -155,3 +155,147 @@ def test_build_trie_rejects_bad_input(mutate, message: str) -> None:
     mutate(args)
     with pytest.raises(ValueError, match=message):
         _C.build_trie(args["codes"], args["is_ad"], args["bids"], args["codebook_sizes"])
+
+
+# -- prune_trie and refresh_bids: an update equals build_trie on the updated catalog -----------
+def _copies(raw: dict) -> dict:
+    return {k: [a.copy() for a in v] if isinstance(v, list) else v.copy() for k, v in raw.items()}
+
+
+def _keep_mask(n: int, kind: str, rng) -> np.ndarray:
+    if kind == "random":
+        return rng.random(n) < 0.5
+    keep = np.ones(n, bool)
+    if kind == "none":
+        keep[:] = False
+    elif kind == "one" and n:
+        keep[rng.integers(n)] = False
+    elif kind == "most" and n:
+        keep[:] = False
+        keep[rng.integers(n)] = True
+    return keep
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1000])
+@pytest.mark.parametrize("levels", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["random", "all", "none", "one", "most"])
+def test_prune_trie_matches_build(n: int, levels: int, kind: str) -> None:
+    sizes = SIZES[levels]
+    codes, is_ad, bids = random_catalog(n, sizes, "mixed", seed=100 * n + levels)
+    keep = _keep_mask(n, kind, np.random.default_rng(n + levels))
+    raw = _C.build_trie(codes, is_ad, bids, sizes)
+    before = _copies(raw)
+    got = _C.prune_trie(raw, is_ad, bids, keep)
+    assert_same_trie(got, _C.build_trie(np.ascontiguousarray(codes[keep]), is_ad[keep], bids[keep], sizes))
+    assert_same_trie(raw, before)  # the input trie is not modified
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_prune_trie_twice_and_sparse_removals(seed: int) -> None:
+    # Wide codebooks: mostly one item per leaf, so removals prune whole paths; then prune again.
+    rng = np.random.default_rng(seed)
+    sizes = [40, 30, 20]
+    codes, is_ad, bids = random_catalog(3000, sizes, "mixed", seed=seed)
+    keep = np.ones(3000, bool)
+    keep[rng.choice(3000, size=40, replace=False)] = False
+    once = _C.prune_trie(_C.build_trie(codes, is_ad, bids, sizes), is_ad, bids, keep)
+    codes, is_ad, bids = np.ascontiguousarray(codes[keep]), is_ad[keep], bids[keep]
+    assert_same_trie(once, _C.build_trie(codes, is_ad, bids, sizes))
+    keep = rng.random(len(codes)) < 0.9
+    twice = _C.prune_trie(once, is_ad, bids, keep)
+    assert_same_trie(twice, _C.build_trie(np.ascontiguousarray(codes[keep]), is_ad[keep], bids[keep], sizes))
+
+
+def test_prune_trie_keeps_signed_zero_bids_bitwise() -> None:
+    # Max bids follow build_trie exactly, down to which of 0.0 / -0.0 a node reports.
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        codes, _, _ = random_catalog(n, [2, 3, 2], "mixed", seed=int(rng.integers(1 << 30)))
+        is_ad = rng.random(n) < 0.7
+        bids = rng.choice(np.array([0.0, -0.0, 1.0], np.float32), size=n)
+        keep = rng.random(n) < 0.6
+        got = _C.prune_trie(_C.build_trie(codes, is_ad, bids, [2, 3, 2]), is_ad, bids, keep)
+        want = _C.build_trie(np.ascontiguousarray(codes[keep]), is_ad[keep], bids[keep], [2, 3, 2])
+        for g, w in zip(got["node_max_bid"], want["node_max_bid"]):
+            np.testing.assert_array_equal(g.view(np.uint32), w.view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1000])
+@pytest.mark.parametrize("levels", [1, 2, 3])
+@pytest.mark.parametrize("ads", ["mixed", "none", "all"])
+def test_refresh_bids_matches_build(n: int, levels: int, ads: str) -> None:
+    sizes = SIZES[levels]
+    codes, is_ad, bids = random_catalog(n, sizes, ads, seed=7 * n + levels)
+    rng = np.random.default_rng(n + 10 * levels)
+    raw = _C.build_trie(codes, is_ad, bids, sizes)
+    before = _copies(raw)
+    changed = rng.choice(n, size=min(n, 1 + n // 10), replace=True).astype(np.int64) if n else np.zeros(0, np.int64)
+    new = bids.copy()
+    new[changed] = rng.choice(np.array([0.0, 0.5, 1.25, 3.0, 7.5], np.float32), size=len(changed))  # ties too
+    got = _C.refresh_bids(raw, is_ad, new, changed)
+    want = _C.build_trie(codes, is_ad, new, sizes)
+    assert set(got) == {"leaf_items", "node_max_bid"}
+    assert got["leaf_items"].dtype == want["leaf_items"].dtype
+    np.testing.assert_array_equal(got["leaf_items"], want["leaf_items"])
+    for level, (g, w) in enumerate(zip(got["node_max_bid"], want["node_max_bid"], strict=True)):
+        assert g.dtype == w.dtype, level
+        np.testing.assert_array_equal(g, w, err_msg=f"node_max_bid[{level}]")
+    assert_same_trie(raw, before)  # copies: the old trie is not modified
+    assert not np.shares_memory(got["leaf_items"], raw["leaf_items"])
+
+
+def test_refresh_bids_without_changes_copies() -> None:
+    codes, is_ad, bids = random_catalog(50, [3, 4], "mixed", seed=9)
+    raw = _C.build_trie(codes, is_ad, bids, [3, 4])
+    got = _C.refresh_bids(raw, is_ad, bids, np.zeros(0, np.int64))
+    np.testing.assert_array_equal(got["leaf_items"], raw["leaf_items"])
+    for g, w in zip(got["node_max_bid"], raw["node_max_bid"]):
+        np.testing.assert_array_equal(g, w)
+        assert not np.shares_memory(g, w)
+
+
+def _update_args(n: int = 20):
+    codes, is_ad, bids = random_catalog(n, [3, 4, 2], "mixed", seed=5)
+    return _C.build_trie(codes, is_ad, bids, [3, 4, 2]), is_ad, bids
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda a: a.update(keep=a["keep"][:19].copy()), r"keep: has 19 entries; expected 20"),
+        (lambda a: a.update(keep=a["keep"].astype(np.int8)), r"keep: has dtype int8; expected bool"),
+        (lambda a: a.update(bids=a["bids"][:3].copy()), r"bids: has 3 entries; expected 20"),
+        (lambda a: a["trie"].pop("leaf_items"), r"trie: has no 'leaf_items'"),
+        (lambda a: a["trie"]["node_code"].pop(), r"trie\['node_code'\]: has 2 levels; expected 3"),
+        (lambda a: a["trie"].update(leaf_ptr=a["trie"]["leaf_ptr"][:-1].copy()), r"trie\['leaf_ptr'\]: has"),
+        (lambda a: a["trie"]["item_nodes"].__setitem__((4, 1), 10**6), r"item_nodes entry 13 = 1000000 names no node"),
+        (lambda a: a["trie"]["leaf_items"].__setitem__(3, 20), r"expected the arrays of one build_trie call"),
+        (lambda a: a["trie"]["leaf_ptr"].__setitem__(1, 10**6), r"expected the arrays of one build_trie call"),
+        (lambda a: a["trie"]["child_ptr"][1].__setitem__(1, -1), r"expected the arrays of one build_trie call"),
+    ],
+)
+def test_prune_trie_rejects_bad_input(mutate, message: str) -> None:
+    trie, is_ad, bids = _update_args()
+    keep = np.ones(20, bool)
+    keep[[0, 5]] = False
+    args = {"trie": dict(trie, node_code=list(trie["node_code"])), "is_ad": is_ad, "bids": bids, "keep": keep}
+    mutate(args)
+    with pytest.raises(ValueError, match=message):
+        _C.prune_trie(args["trie"], args["is_ad"], args["bids"], args["keep"])
+
+
+@pytest.mark.parametrize(
+    ("changed", "bid", "message"),
+    [
+        ([3, 20], 1.0, r"changed\[1\] = 20 is not a row; expected rows in \[0, 20\)"),
+        ([-1], 1.0, r"changed\[0\] = -1 is not a row"),
+        ([2], np.nan, r"bids\[2\] = nan is not finite"),
+    ],
+)
+def test_refresh_bids_rejects_bad_input(changed, bid, message: str) -> None:
+    trie, is_ad, bids = _update_args()
+    bids = bids.copy()
+    bids[2] = bid
+    with pytest.raises(ValueError, match=message):
+        _C.refresh_bids(trie, is_ad, bids, np.array(changed, np.int64))

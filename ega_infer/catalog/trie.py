@@ -10,11 +10,14 @@ node are a contiguous, code-sorted range of the next depth (CSR without next-nod
 * ``leaf_ptr`` / ``leaf_items``: the items of each leaf, ads by bid descending then organic
   items in catalog order, so a leaf resolves to ``leaf_items[leaf_ptr[leaf]]``;
 * ``item_nodes`` [N, C]: each item's node at depths 1..C.
+
+The arrays are read-only and shared between catalogs: ``with_bids`` and ``without_items`` build
+the arrays an update changes (in ``_C`` too, without re-sorting the catalog) and reuse the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -37,81 +40,67 @@ class TrieArrays:
     def build(cls, codes: np.ndarray, is_ad: np.ndarray, bids: np.ndarray, sizes: tuple[int, ...]) -> TrieArrays:
         from .._native import c_module
 
-        raw = c_module().build_trie(
+        return cls._from_raw(c_module().build_trie(
             np.ascontiguousarray(codes, dtype=np.int32),
             np.ascontiguousarray(is_ad, dtype=np.bool_),
             np.ascontiguousarray(bids, dtype=np.float32),
             list(sizes),
-        )
-        return cls(
-            level_sizes=raw["level_sizes"],
-            child_ptr=tuple(raw["child_ptr"]),
-            node_code=tuple(raw["node_code"]),
-            node_max_bid=tuple(raw["node_max_bid"]),
-            node_ad_count=tuple(raw["node_ad_count"]),
-            leaf_ptr=raw["leaf_ptr"],
-            leaf_items=raw["leaf_items"],
-            item_nodes=raw["item_nodes"],
-        )
+        ))
 
     @property
     def levels(self) -> int:
         return len(self.child_ptr)
 
     def with_bids(self, is_ad: np.ndarray, bids: np.ndarray, changed: np.ndarray) -> TrieArrays:
-        """Re-resolve the leaves holding ``changed`` items and refresh every max bid; no re-sort
-        of the catalog, the node structure is shared with ``self``."""
-        leaf_items = self.leaf_items.copy()
-        leaves = np.unique(self.item_nodes[changed, -1])
-        _order_leaves(leaf_items, self.leaf_ptr, leaves, is_ad, bids)
-        return replace(self, leaf_items=leaf_items, node_max_bid=self._max_bids(leaf_items, is_ad, bids))
+        """The trie after the bids of rows ``changed`` became ``bids[changed]`` (``is_ad``/``bids``:
+        every row, bids new). Only the leaves of those rows and their paths are redone; the node
+        structure is shared with ``self``, which stays unchanged."""
+        from .._native import c_module
 
-    def without_items(self, keep: np.ndarray, is_ad: np.ndarray, bids: np.ndarray) -> TrieArrays | None:
-        """Drop the items where ``keep`` is False (``is_ad``/``bids`` are of the kept items).
-
-        Returns ``None`` when a leaf would become empty: the node structure changes and the
-        caller rebuilds.
-        """
-        dropped_per_leaf = np.bincount(self.item_nodes[~keep, -1], minlength=len(self.leaf_ptr) - 1)
-        if np.any(np.diff(self.leaf_ptr) == dropped_per_leaf):
-            return None
-        new_index = np.cumsum(keep) - 1  # old row -> new row
-        kept_slots = keep[self.leaf_items]
-        leaf_items = new_index[self.leaf_items[kept_slots]]
-        leaf_ptr = self.leaf_ptr - np.concatenate([[0], np.cumsum(dropped_per_leaf)])
-        item_nodes = self.item_nodes[keep]
-        ad_count = [None] * self.levels
-        for level in range(self.levels):
-            ad_count[level] = np.bincount(
-                item_nodes[is_ad, level], minlength=len(self.node_code[level])
-            ).astype(np.int32)
-        trie = replace(
-            self, leaf_ptr=leaf_ptr, leaf_items=leaf_items, item_nodes=item_nodes,
-            node_ad_count=tuple(ad_count),
+        raw = c_module().refresh_bids(
+            self._raw(), _bools(is_ad), _floats(bids), np.ascontiguousarray(changed, dtype=np.int64)
         )
-        return replace(trie, node_max_bid=trie._max_bids(leaf_items, is_ad, bids))
+        return replace(self, leaf_items=_frozen(raw["leaf_items"]),
+                       node_max_bid=tuple(_frozen(a) for a in raw["node_max_bid"]))
 
-    def _max_bids(self, leaf_items: np.ndarray, is_ad: np.ndarray, bids: np.ndarray) -> tuple[np.ndarray, ...]:
-        ad_bids = np.where(is_ad, bids, 0).astype(np.float32)
-        out = [None] * self.levels
-        out[-1] = np.maximum.reduceat(ad_bids[leaf_items], self.leaf_ptr[:-1]) if len(leaf_items) else np.zeros(0, np.float32)
-        for level in range(self.levels - 2, -1, -1):
-            below = out[level + 1]
-            out[level] = np.maximum.reduceat(below, self.child_ptr[level + 1][:-1]) if len(below) else below
-        return tuple(a.astype(np.float32) for a in out)
+    def without_items(self, keep: np.ndarray, is_ad: np.ndarray, bids: np.ndarray) -> TrieArrays:
+        """The trie of the rows where ``keep`` is True, renumbered in order (``is_ad``/``bids``:
+        every row of ``self``). Equals ``build`` on the kept rows, in linear time without a sort:
+        nodes left without items are pruned and the survivors renumbered in order."""
+        from .._native import c_module
+
+        return self._from_raw(c_module().prune_trie(self._raw(), _bools(is_ad), _floats(bids), _bools(keep)))
+
+    @classmethod
+    def _from_raw(cls, raw: dict) -> TrieArrays:
+        # read-only: catalogs share these arrays across updates and threads
+        return cls(
+            level_sizes=_frozen(raw["level_sizes"]),
+            child_ptr=tuple(_frozen(a) for a in raw["child_ptr"]),
+            node_code=tuple(_frozen(a) for a in raw["node_code"]),
+            node_max_bid=tuple(_frozen(a) for a in raw["node_max_bid"]),
+            node_ad_count=tuple(_frozen(a) for a in raw["node_ad_count"]),
+            leaf_ptr=_frozen(raw["leaf_ptr"]),
+            leaf_items=_frozen(raw["leaf_items"]),
+            item_nodes=_frozen(raw["item_nodes"]),
+        )
+
+    def _raw(self) -> dict:
+        """The dict ``_C`` functions take (build_trie's layout)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _order_leaves(leaf_items: np.ndarray, leaf_ptr: np.ndarray, leaves: np.ndarray, is_ad: np.ndarray, bids: np.ndarray) -> None:
-    """Sort the items of ``leaves`` in place: ads by bid descending, then organic, ties by row."""
-    if len(leaves) == 0:
-        return
-    starts, ends = leaf_ptr[leaves], leaf_ptr[leaves + 1]
-    counts = ends - starts
-    seg = np.repeat(np.arange(len(leaves)), counts)
-    pos = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-    items = leaf_items[pos]
-    order = np.lexsort((items, -np.where(is_ad[items], bids[items], 0), ~is_ad[items], seg))
-    leaf_items[pos] = items[order]
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def _bools(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.bool_)
+
+
+def _floats(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 class DeviceTrie:
