@@ -56,13 +56,13 @@ def test_prices_never_exceed_bids_and_losers_pay_nothing():
 # -- regret ---------------------------------------------------------------------------------
 
 def _first_price(bids):
-    win = torch.nn.functional.one_hot(bids.argmax(1), bids.shape[1]).to(bids.dtype)
+    win = torch.nn.functional.one_hot(bids.argmax(-1), bids.shape[-1]).to(bids.dtype)
     return bids * win, win
 
 
 def _second_price(bids):
-    win = torch.nn.functional.one_hot(bids.argmax(1), bids.shape[1]).to(bids.dtype)
-    second = bids.topk(2, dim=1).values[:, 1:2]
+    win = torch.nn.functional.one_hot(bids.argmax(-1), bids.shape[-1]).to(bids.dtype)
+    second = bids.topk(2, dim=-1).values[..., 1:2]
     return second.expand_as(bids) * win, win
 
 
@@ -85,8 +85,8 @@ def _position(alpha, kind):
     alpha = torch.tensor(alpha, dtype=torch.float64)
 
     def mechanism(bids):
-        out = position_auction(bids, alpha, mechanism=kind)
-        return out.price, out.click_prob
+        out = position_auction(bids.reshape(-1, bids.shape[-1]), alpha, mechanism=kind)
+        return out.price.reshape(bids.shape), out.click_prob.reshape(bids.shape)
 
     return mechanism
 

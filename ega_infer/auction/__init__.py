@@ -2,6 +2,6 @@
 offline ex-post regret evaluator."""
 
 from .position import PositionOutcome, position_auction
-from .regret import EGA_GAMMAS, Mechanism, RegretReport, ex_post_regret
+from .regret import EGA_GAMMAS, Mechanism, MisreportSearch, RegretReport, ex_post_regret, find_misreports
 
-__all__ = ["PositionOutcome", "position_auction", "EGA_GAMMAS", "Mechanism", "RegretReport", "ex_post_regret"]
+__all__ = ["PositionOutcome", "position_auction", "EGA_GAMMAS", "Mechanism", "RegretReport", "MisreportSearch", "ex_post_regret", "find_misreports"]

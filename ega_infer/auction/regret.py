@@ -1,7 +1,7 @@
 """Offline ex-post regret of a mechanism (EGA-V2 section 10, RegretNet).
 
-A mechanism maps bid profiles ``[R, n]`` to per-click prices and click probabilities
-``[R, n]``; bidder i's utility is ``(v_i - p_i) * ctr_i``. Its ex-post regret is the best utility
+A mechanism maps bid profiles ``[B, R, n]`` (B variants of a batch of R requests with n
+bidders) to per-click prices and click probabilities of the same shape; bidder i's utility is ``(v_i - p_i) * ctr_i``. Its ex-post regret is the best utility
 gain from misreporting while the others bid truthfully:
 
     rgt_i = max(0, max_b' u_i(b', v_-i) - u_i(v))
@@ -23,8 +23,9 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Mechanism", "RegretReport", "ex_post_regret", "EGA_GAMMAS"]
+__all__ = ["Mechanism", "RegretReport", "MisreportSearch", "ex_post_regret", "find_misreports", "own_utility", "EGA_GAMMAS"]
 
+# bids [B, R, n] (B profiles of the batch of R requests) -> (price per click, click prob) [B, R, n]
 Mechanism = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 EGA_GAMMAS = tuple(round(0.2 * i, 1) for i in range(1, 11))
 
@@ -55,11 +56,19 @@ class RegretReport:
         return float(relative[has].mean()) if has.any() else 0.0
 
 
-def _utility(mechanism: Mechanism, bids: torch.Tensor, values: torch.Tensor, who: torch.Tensor) -> torch.Tensor:
-    """Utility of bidder ``who [P]`` in each profile ``bids [P, n]`` (values [P, n])."""
-    price, ctr = mechanism(bids)
-    rows = torch.arange(len(who), device=bids.device)
-    return ((values[rows, who] - price[rows, who]) * ctr[rows, who])
+def own_utility(mechanism: Mechanism, values: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """Utility of each bidder when it alone bids ``multipliers * value`` and the others bid their
+    values: ``values [R, n]``, ``multipliers [S, R, n]`` -> ``[S, R, n]``. The mechanism sees
+    ``S * n`` profiles of the whole batch, ``[S * n, R, n]``."""
+    s, r, n = multipliers.shape
+    eye = torch.eye(n, dtype=torch.bool, device=values.device)[None, :, None, :]  # [1, i, 1, n]
+    own = (multipliers * values).permute(0, 2, 1)[..., None]  # [S, i, R, 1]
+    profiles = torch.where(eye, own, values[None, None])  # [S, i, R, n]
+    price, ctr = mechanism(profiles.reshape(s * n, r, n))
+    idx = torch.arange(n, device=values.device)
+    own_price = price.reshape(s, n, r, n)[:, idx, :, idx].permute(1, 2, 0)  # [S, R, n]
+    own_ctr = ctr.reshape(s, n, r, n)[:, idx, :, idx].permute(1, 2, 0)
+    return (values - own_price) * own_ctr
 
 
 def ex_post_regret(
@@ -78,51 +87,60 @@ def ex_post_regret(
     bidders [R, n] bool marks who counts (e.g. the ads of a slate; default everyone). Misreports
     are kept in ``[0, max_multiplier * v_i]``. ``ascent_steps = 0`` skips the ascent.
     """
-    r, n = values.shape
-    device = values.device
     bidders = torch.ones_like(values, dtype=torch.bool) if bidders is None else bidders
-    with torch.no_grad():
-        price, ctr = mechanism(values)
-        truthful = (values - price) * ctr
-
-        # grid: profile (request, bidder i, gamma) = truthful bids with bid i scaled
-        g = torch.tensor(gammas, device=device, dtype=values.dtype)
-        profiles = values[:, None, None, :].expand(r, n, len(gammas), n).clone()
-        eye = torch.eye(n, dtype=torch.bool, device=device)[None, :, None, :]
-        profiles = torch.where(eye, values[:, :, None, None] * g[None, None, :, None], profiles)
-        who = torch.arange(n, device=device)[None, :, None].expand(r, n, len(gammas)).reshape(-1)
-        flat_values = values[:, None, None, :].expand(r, n, len(gammas), n).reshape(-1, n)
-        u_grid = _utility(mechanism, profiles.reshape(-1, n), flat_values, who).reshape(r, n, len(gammas))
-        best_grid, best_gamma = u_grid.max(-1)
-    grid = torch.where(bidders, (best_grid - truthful).clamp(min=0), 0.0)
-    ascent = grid.clone()
-    if ascent_steps > 0:
-        best = _ascend(mechanism, values, g[best_gamma], ascent_steps, random_starts, lr, max_multiplier, seed)
-        ascent = torch.where(bidders, torch.maximum(grid, (best - truthful).clamp(min=0)), 0.0)
-    return RegretReport(truthful, grid, ascent, bidders)
+    search = find_misreports(mechanism, values, gammas, ascent_steps, random_starts, lr, max_multiplier, seed)
+    grid = torch.where(bidders, (search.grid_utility - search.truthful).clamp(min=0), 0.0)
+    ascent = torch.where(bidders, (search.best_utility - search.truthful).clamp(min=0), 0.0)
+    return RegretReport(search.truthful, grid, torch.maximum(grid, ascent), bidders)
 
 
-def _ascend(mechanism, values, start_gamma, steps, random_starts, lr, max_multiplier, seed) -> torch.Tensor:
-    """Best utility each bidder reaches by Adam on its own bid multiplier, ``[R, n]``."""
+@dataclass
+class MisreportSearch:
+    """Per bidder ``[R, n]``: truthful utility, best utility on the grid, best overall and the
+    bid multiplier that reached it."""
+
+    truthful: torch.Tensor
+    grid_utility: torch.Tensor
+    best_utility: torch.Tensor
+    best_multiplier: torch.Tensor
+
+
+def find_misreports(
+    mechanism: Mechanism,
+    values: torch.Tensor,
+    gammas: tuple[float, ...] = EGA_GAMMAS,
+    ascent_steps: int = 200,
+    random_starts: int = 4,
+    lr: float = 0.05,
+    max_multiplier: float = 2.0,
+    seed: int = 0,
+) -> MisreportSearch:
+    """Each bidder's most profitable misreport found (grid, then Adam from the best grid point
+    and random starts); the mechanism's parameters get no gradient from this search."""
     r, n = values.shape
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    starts = [start_gamma] + [
-        torch.rand(r, n, generator=generator).to(values) * max_multiplier for _ in range(random_starts)
-    ]
-    s = len(starts)
-    multiplier = torch.stack(starts, dim=0).detach().clone().requires_grad_(True)  # [S, R, n]
-    optimizer = torch.optim.Adam([multiplier], lr=lr)
-    base = values[None, :, None, :].expand(s, r, n, n)
-    eye = torch.eye(n, dtype=torch.bool, device=values.device)[None, None]
-    who = torch.arange(n, device=values.device)[None, None, :].expand(s, r, n).reshape(-1)
-    flat_values = base.reshape(-1, n)
-    best = torch.full((r, n), float("-inf"), device=values.device, dtype=values.dtype)
-    for _ in range(steps + 1):
-        bid = (multiplier.clamp(0, max_multiplier) * values[None])[..., None]  # [S, R, n, 1]
-        profiles = torch.where(eye, bid, base)
-        utility = _utility(mechanism, profiles.reshape(-1, n), flat_values, who).reshape(s, r, n)
-        best = torch.maximum(best, utility.detach().max(0).values)
-        optimizer.zero_grad()
-        (-utility.sum()).backward()
-        optimizer.step()
-    return best
+    with torch.no_grad():
+        price, ctr = mechanism(values[None])
+        truthful = ((values - price[0]) * ctr[0])
+        g = torch.tensor(gammas, device=values.device, dtype=values.dtype)
+        u = own_utility(mechanism, values, g[:, None, None].expand(len(gammas), r, n))
+        grid_utility, best_gamma = u.max(0)
+    best_multiplier = g[best_gamma]
+    best_utility = grid_utility.clone()
+    if ascent_steps > 0:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        starts = [best_multiplier] + [
+            torch.rand(r, n, generator=generator).to(values) * max_multiplier for _ in range(random_starts)
+        ]
+        multiplier = torch.stack(starts).detach().clone().requires_grad_(True)  # [S, R, n]
+        optimizer = torch.optim.Adam([multiplier], lr=lr)
+        for _ in range(ascent_steps + 1):
+            clamped = multiplier.clamp(0, max_multiplier)
+            u = own_utility(mechanism, values, clamped)
+            top, arg = u.detach().max(0)
+            improved = top > best_utility
+            best_utility = torch.where(improved, top, best_utility)
+            best_multiplier = torch.where(improved, clamped.detach().gather(0, arg[None])[0], best_multiplier)
+            optimizer.zero_grad()
+            (-u.sum()).backward(inputs=[multiplier])
+            optimizer.step()
+    return MisreportSearch(truthful, grid_utility, best_utility, best_multiplier)

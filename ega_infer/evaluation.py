@@ -1,0 +1,31 @@
+"""Quality figures of an engine on the synthetic world: does it find what users want?"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .decoding import DecodeConfig
+from .engine import Engine
+from .world import AdWorld
+
+__all__ = ["interest_hit_rates"]
+
+
+def interest_hit_rates(engine: Engine, world: AdWorld, users: np.ndarray, k: int = 6, beams: int = 16) -> dict[str, float]:
+    """Share of the top-``k`` recommended POIs that fall in the user's true interest categories:
+    the engine (candidates mode, bidding off), a uniformly random catalog sample, and the
+    ``k`` most popular POIs of the training histories."""
+    config = DecodeConfig(mode="candidates", beams=(beams,), num_slots=k, alpha=0.0, beta=0.0, choose_creatives=False)
+    slates = engine.generate([world.request(int(u)) for u in users], config)
+    rows = np.full((len(users), k), -1)
+    for i, slate in enumerate(slates):
+        found = engine.catalog.index_of([s.item_id for s in slate.slots])  # the world's catalog: rows = POIs
+        rows[i, : len(found)] = found
+    rng = np.random.default_rng(0)
+    random_rows = rng.integers(0, world.config.n_pois, (len(users), k))
+    popular = np.argsort(-world.popularity(), kind="stable")[:k]
+    return {
+        "engine": float(world.interest_hit(users, rows).mean()),
+        "random": float(world.interest_hit(users, random_rows).mean()),
+        "popularity": float(world.interest_hit(users, np.broadcast_to(popular, (len(users), k))).mean()),
+    }
