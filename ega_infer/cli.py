@@ -1,4 +1,4 @@
-"""Command line: ``ega-infer demo`` (the main job on the embedded default) and ``ega-infer info``."""
+"""Command line: ``ega-infer demo`` (the main job on the embedded default), ``info`` and ``train``."""
 
 from __future__ import annotations
 
@@ -13,56 +13,85 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ega-infer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="serve a few requests on the embedded default model and catalog")
+    demo = sub.add_parser("demo", help="serve held-out users of the synthetic world on the embedded default")
     demo.add_argument("--model", default="tiny", help="preset name or saved model directory")
     demo.add_argument("--device", default="cpu")
-    demo.add_argument("--requests", type=int, default=4)
-    demo.add_argument("--items", type=int, default=2000, help="items in the generated catalog")
+    demo.add_argument("--requests", type=int, default=3, help="slates to print")
+    demo.add_argument("--eval-users", type=int, default=200, help="held-out users for the quality figures")
     demo.add_argument("--mode", choices=("lists", "candidates"), default=None)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     info = sub.add_parser("info", help="what was built: backends, CUDA architectures, versions, GPU")
     info.add_argument("--json", action="store_true")
+    train = sub.add_parser("train", help="train the tiny preset on the synthetic world (the embedded default)")
+    train.add_argument("--out", required=True, help="directory for config.json, model.safetensors, training.json")
+    train.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "train":
+        return _train(args)
     return _info(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .demo import synthetic_catalog, synthetic_requests
     from .engine import Engine
+    from .evaluation import interest_hit_rates, slate_metrics
+    from .presets import PRESETS
+    from .world import AdWorld, WorldConfig
 
     engine = Engine.from_pretrained(args.model, device=args.device)
     config = engine.default_config
     if args.mode:
         config = dataclasses.replace(config, mode=args.mode)
-    catalog = synthetic_catalog(engine.config, n_items=args.items, seed=args.seed)
+    world = AdWorld(WorldConfig(seed=args.seed), engine.config)
+    catalog = world.catalog()
     engine.set_catalog(catalog)
-    requests = synthetic_requests(catalog, engine.config, n=args.requests, seed=args.seed)
-    engine.generate(requests[:1], config)  # warm-up
-    slates = engine.generate(requests, config)
+    users = world.users("test")
+    shown = users[: args.requests]
+    engine.generate([world.request(int(users[0]))], config)  # warm-up
+    slates = engine.generate([world.request(int(u)) for u in shown], config)
 
-    print(f"model {engine.config.name!r}: {engine.model.num_parameters():,} parameters on {engine.device}")
-    print(f"catalog: {catalog!r}")
+    preset = PRESETS.get(str(args.model))
+    trained = "random weights" if preset is not None and preset.weights_dir is None else "trained weights"
+    print(f"model {engine.config.name!r} ({trained}): {engine.model.num_parameters():,} parameters on {engine.device}")
+    print(f"catalog: {catalog!r} from the synthetic world (seed {args.seed})")
     print(f"decode: mode={config.mode} beams={config.beams} slots={config.num_slots} "
           f"alpha={config.alpha} beta={config.beta}\n")
-    for slate in slates:
+    for user, slate in zip(shown, slates):
         if not slate.ok:
             print(f"request {slate.request_id}: ERROR {slate.error}\n")
             continue
-        print(f"request {slate.request_id}: expected revenue {slate.expected_revenue:.4f} per view")
-        print("  slot  item      ad   creative  bid     pay     pctr    pctr_cr  pcvr")
+        interests = ", ".join(str(c) for c in world.user_interest[user].nonzero()[0])
+        print(f"request {slate.request_id} (interest categories {interests}): "
+              f"expected revenue {slate.expected_revenue:.4f} per view")
+        print("  slot  item      cat  ad   creative  bid     pay     pctr    pctr_cr  pcvr")
         for s in slate.slots:
             creative = s.creative_id if s.creative_id is not None else "-"
-            print(f"  {s.slot:<5} {s.item_id:<9} {'ad' if s.is_ad else '--':<4} {creative!s:<9} "
+            category = world.poi_category[catalog.index_of([s.item_id])[0]]
+            print(f"  {s.slot:<5} {s.item_id:<9} {category:<4} {'ad' if s.is_ad else '--':<4} {creative!s:<9} "
                   f"{s.bid:<7.2f} {s.payment:<7.3f} {s.pctr_poi:<7.4f} {s.pctr_creative:<8.4f} {s.pcvr:.4f}")
-        others = ", ".join(f"{c.item_ids[:3]}.. {c.score:.2f}" for c in slate.candidates[1:4])
-        print(f"  other candidates (items.., log-prob): {others}\n")
+        print()
     stages = slates[0].latency_ms
-    print("stage latency (ms, whole batch of {}): ".format(len(requests))
-          + "  ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    print(f"stage latency (ms, whole batch of {len(shown)}): " + "  ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+
+    eval_users = users[: args.eval_users]
+    hits = interest_hit_rates(engine, world, eval_users)
+    served = engine.generate([world.request(int(u)) for u in eval_users], config)
+    metrics = slate_metrics(world, engine, eval_users, served)
+    print(f"\nquality on {len(eval_users)} held-out users (true click model of the world):")
+    print(f"  interest hit rate of the top {config.num_slots}: engine {hits['engine']:.3f}, "
+          f"popularity {hits['popularity']:.3f}, random {hits['random']:.3f}")
+    print(f"  served slates: ad share {metrics['ad_share']:.3f}, CTR {metrics['ctr']:.3f}, "
+          f"expected revenue per mille {metrics['revenue_per_mille']:.1f}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import TrainingConfig, train_default
+
+    train_default(args.out, TrainingConfig(seed=args.seed))
     return 0
 
 

@@ -47,11 +47,14 @@ class Engine:
         dtype: torch.dtype | None = None,
     ) -> Engine:
         """A preset name (``tiny``, ``ega-base``, ``gr4ad-base``) or a directory written by
-        ``GenerativeAdModel.save_pretrained``. Presets without shipped weights start from
-        deterministic random weights (seeded)."""
+        ``GenerativeAdModel.save_pretrained``. ``tiny`` loads its shipped trained weights; the
+        other presets start from deterministic random weights (seeded)."""
         if str(path_or_preset) in PRESETS:
             preset = get_preset(str(path_or_preset))
-            model = GenerativeAdModel.from_config(preset.model, seed=preset.seed)
+            if preset.weights_dir is not None:
+                model = GenerativeAdModel.from_pretrained(preset.weights_dir, device="cpu")
+            else:
+                model = GenerativeAdModel.from_config(preset.model, seed=preset.seed)
             default = preset.decode
         else:
             model = GenerativeAdModel.from_pretrained(path_or_preset, device="cpu")

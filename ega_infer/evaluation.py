@@ -8,7 +8,7 @@ from .decoding import DecodeConfig
 from .engine import Engine
 from .world import AdWorld
 
-__all__ = ["interest_hit_rates"]
+__all__ = ["interest_hit_rates", "slate_metrics"]
 
 
 def interest_hit_rates(engine: Engine, world: AdWorld, users: np.ndarray, k: int = 6, beams: int = 16) -> dict[str, float]:
@@ -28,4 +28,25 @@ def interest_hit_rates(engine: Engine, world: AdWorld, users: np.ndarray, k: int
         "engine": float(world.interest_hit(users, rows).mean()),
         "random": float(world.interest_hit(users, random_rows).mean()),
         "popularity": float(world.interest_hit(users, np.broadcast_to(popular, (len(users), k))).mean()),
+    }
+
+
+def slate_metrics(world: AdWorld, engine: Engine, users: np.ndarray, slates) -> dict[str, float]:
+    """Served slates judged by the world's true click model: ad share, expected CTR, and
+    expected revenue per thousand requests (sum over ads of payment x true click probability)."""
+    k = max((len(s.slots) for s in slates), default=0)
+    pois = np.full((len(users), k), -1)
+    creatives = np.full((len(users), k), -1)
+    payments = np.zeros((len(users), k))
+    for i, slate in enumerate(slates):
+        for j, slot in enumerate(slate.slots):
+            pois[i, j] = engine.catalog.index_of([slot.item_id])[0]
+            creatives[i, j] = -1 if slot.creative_id is None else int(np.searchsorted(world.creative_ids, slot.creative_id))
+            payments[i, j] = slot.payment
+    filled = pois >= 0
+    clicks = world.click_prob(users, np.maximum(pois, 0), creatives) * filled
+    return {
+        "ad_share": float(world.is_ad[np.maximum(pois, 0)][filled].mean()) if filled.any() else 0.0,
+        "ctr": float(clicks[filled].mean()) if filled.any() else 0.0,
+        "revenue_per_mille": float(1000 * (clicks * payments).sum() / max(len(users), 1)),
     }

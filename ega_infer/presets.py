@@ -1,6 +1,7 @@
 """Named model presets with their default decoding settings.
 
-* ``tiny``: the embedded default, small enough to train and serve on a CPU.
+* ``tiny``: the embedded default, small enough to train and serve on a CPU; its weights,
+  trained on the synthetic world by ``ega-infer train``, ship in ``ega_infer/weights/tiny``.
 * ``ega-base``: EGA-V2 shapes: 3 levels x 1024 codes, slates of 10 slots, 64 beams, history 256.
 * ``gr4ad-base``: GR4AD shapes: about 0.16B parameters, 3 levels of 16384/4096/1024 codes,
   9 decoder layers split at 6 (LazyAR), beams 128 -> 256 -> 512, history 1024.
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .decoding.config import DecodeConfig
 from .model.config import (
@@ -21,11 +23,24 @@ from .model.config import (
 __all__ = ["Preset", "PRESETS", "get_preset"]
 
 
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
 @dataclass(frozen=True, slots=True)
 class Preset:
+    """A model config, its default decoding, and where its shipped weights are (if any);
+    without weights the model starts from random weights seeded by ``seed``."""
+
     model: ModelConfig
     decode: DecodeConfig
     seed: int = 0
+    weights: str | None = None
+
+    @property
+    def weights_dir(self) -> Path | None:
+        if self.weights is None or not (WEIGHTS_DIR / self.weights / "model.safetensors").is_file():
+            return None
+        return WEIGHTS_DIR / self.weights
 
 
 PRESETS: dict[str, Preset] = {
@@ -40,6 +55,7 @@ PRESETS: dict[str, Preset] = {
             reward=RewardConfig(d_model=32, n_layers=1, n_heads=4, ffn_hidden=64),
         ),
         DecodeConfig(mode="lists", beams=(16,), num_slots=6, alpha=1.2, beta=2.0),
+        weights="tiny",
     ),
     "ega-base": Preset(
         ModelConfig(

@@ -24,10 +24,11 @@ def test_info_reports_the_build(capsys):
 
 @pytest.mark.parametrize("mode", ["lists", "candidates"])
 def test_demo_prints_slates_and_latencies(capsys, mode):
-    assert main(["demo", "--requests", "2", "--items", "300", "--mode", mode]) == 0
+    assert main(["demo", "--requests", "2", "--eval-users", "20", "--mode", mode]) == 0
     out = capsys.readouterr().out
-    assert out.count("request req-") == 2 and "ERROR" not in out
+    assert out.count("request user-") == 2 and "ERROR" not in out
     assert "stage latency" in out and "decode" in out
+    assert "interest hit rate" in out and "revenue per mille" in out
 
 
 def test_console_entry_point_runs():

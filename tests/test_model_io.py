@@ -82,7 +82,9 @@ def test_loaded_model_serves_same_slates(tiny_model, saved):
             np.testing.assert_allclose([s.payment for s in a.slots], [s.payment for s in b.slots], rtol=0, atol=1e-5)
             np.testing.assert_allclose([s.pctr_poi for s in a.slots], [s.pctr_poi for s in b.slots], rtol=0, atol=1e-6)
     # a preset engine starts from the same seeded weights
-    assert_state_identical(Engine.from_pretrained("tiny").model.state_dict(), tiny_model.state_dict())
+    # the preset name loads the shipped trained weights
+    shipped = GenerativeAdModel.from_pretrained(TINY.weights_dir)
+    assert_state_identical(Engine.from_pretrained("tiny").model.state_dict(), shipped.state_dict())
 
 
 # -- broken checkpoints ------------------------------------------------------------------------

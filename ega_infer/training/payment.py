@@ -63,16 +63,17 @@ def train_payment(
     beta: float,
     steps: int = 600,
     batch_size: int = 128,
-    lr: float = 2e-3,
-    rho: float = 1.0,
-    update_every: int = 50,
+    lr: float = 1e-3,
+    rho: float = 5.0,
+    lambda_init: float = 5.0,
+    update_every: int = 20,
     ascent_steps: int = 10,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> None:
     rng = np.random.default_rng(seed)
     k = slates.bids.shape[1]
-    lam = torch.zeros(k)
+    lam = torch.full((k,), lambda_init)  # start constrained: an unconstrained start saturates the sigmoid
     optimizer = torch.optim.Adam(payment.parameters(), lr=lr)
     payment.train()
     recent = []

@@ -30,10 +30,10 @@ __all__ = ["TrainingConfig", "train_default"]
 class TrainingConfig:
     seed: int = 0
     slots: int = 6
-    generator_steps: int = 1500
+    generator_steps: int = 600
     generator_batch: int = 64
-    reward_steps: int = 1500
-    payment_steps: int = 600
+    reward_steps: int = 1000
+    payment_steps: int = 300
     served_users: int = 600
 
 
@@ -74,7 +74,7 @@ def train_default(out: str | Path, config: TrainingConfig = TrainingConfig(), lo
     out = Path(out)
     model.save_pretrained(out)
     (out / "training.json").write_text(json.dumps({
-        "command": f"ega-infer train --out {out.name} --seed {config.seed}",
+        "command": f"ega-infer train --out {out} --seed {config.seed}",
         "training": asdict(config), "world": asdict(world.config), "seconds": round(elapsed, 1),
         "torch": torch.__version__, "metrics": metrics,
     }, indent=2) + "\n")
