@@ -6,4 +6,7 @@ from .position import PositionOutcome, position_auction
 from .regret import EGA_GAMMAS, Mechanism, MisreportSearch, RegretReport, ex_post_regret, find_misreports
 
 __all__ = [
-    "CandidateLists", "list_gsp_prices", "list_vcg_prices", "selection_mechanism","PositionOutcome", "position_auction", "EGA_GAMMAS", "Mechanism", "RegretReport", "MisreportSearch", "ex_post_regret", "find_misreports"]
+    "CandidateLists", "list_gsp_prices", "list_vcg_prices", "selection_mechanism",
+    "PositionOutcome", "position_auction",
+    "EGA_GAMMAS", "Mechanism", "RegretReport", "MisreportSearch", "ex_post_regret", "find_misreports",
+]
