@@ -37,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .engine import Engine
-    from .evaluation import interest_hit_rates, slate_metrics
+    from .evaluation import incentive_report, interest_hit_rates, slate_metrics
     from .presets import PRESETS
     from .world import AdWorld, WorldConfig
 
@@ -85,6 +85,13 @@ def _demo(args: argparse.Namespace) -> int:
           f"popularity {hits['popularity']:.3f}, random {hits['random']:.3f}")
     print(f"  served slates: ad share {metrics['ad_share']:.3f}, CTR {metrics['ctr']:.3f}, "
           f"expected revenue per mille {metrics['revenue_per_mille']:.1f}")
+    if config.mode == "lists":
+        report = incentive_report(engine, [world.request(int(u)) for u in eval_users[:100]], config)
+        print("\npricing the same slates (100 held-out users; Psi = mean summed relative ex-post regret,")
+        print("misreports re-run the list selection among the beams; grid = EGA gammas 0.2..2.0):")
+        print("  mechanism        revenue/request   Psi (grid)   Psi (grid + ascent)")
+        for name, row in report.items():
+            print(f"  {name:<16} {row['revenue']:<17.4f} {row['psi_grid']:<12.4f} {row['psi']:.4f}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from dataclasses import dataclass
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from .presets import PRESETS, get_preset
 from .request import PreparedRequest, Request, collate, prepare_request
 from .slate import Candidate, Slate, SlotResult
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "ServedBatch"]
 
 
 class Engine:
@@ -118,6 +119,40 @@ class Engine:
         if not served:
             return [Slate(_rid(r, i), error=errors[i], latency_ms=timer.ms) for i, r in enumerate(requests)]
 
+        batch = self._serve(prepared, config, catalog, tensors, timer)
+        with timer("respond"):
+            out = _to_numpy(
+                winner=batch.winner, items=batch.items, is_ad=batch.is_ad, bids=batch.bids,
+                creative=batch.creative_rows, probs=batch.probs, list_scores=batch.list_scores,
+                log_alloc=batch.log_alloc, payment=batch.payment, beam_items=batch.beam_items,
+                beam_scores=batch.beam_scores,
+            )
+            built = _build_slates(out, catalog, config, [_rid(requests[i], i) for i in served])
+        latency = timer.ms
+        served_slates = iter(built)
+        slates: list[Slate] = []
+        for i, request in enumerate(requests):
+            if i in errors:
+                slates.append(Slate(_rid(request, i), error=errors[i], latency_ms=latency))
+            else:
+                s = next(served_slates)
+                slates.append(dataclasses.replace(s, latency_ms=latency))
+        return slates
+
+
+    @torch.no_grad()
+    def serve_batch(self, requests: Sequence[Request], config: DecodeConfig | None = None) -> ServedBatch:
+        """The pipeline's tensors for a batch (for evaluation and re-pricing); unlike
+        ``generate`` it raises ``RequestError`` on the first bad request."""
+        config = config or self.default_config
+        with self._lock:
+            catalog, tensors = self._catalog, self._catalog_tensors
+        if catalog is None or tensors is None:
+            raise CatalogError("catalog", "is not set", "a Catalog given to Engine.set_catalog first")
+        prepared = [prepare_request(r, self.config, catalog, config.mode == "lists") for r in requests]
+        return self._serve(prepared, config, catalog, tensors, _StageTimer(self.device))
+
+    def _serve(self, prepared, config: DecodeConfig, catalog: Catalog, tensors, timer: _StageTimer) -> ServedBatch:
         with timer("encode"):
             history, organic = collate(prepared, self.device)
             memory, mask = self.model.encoder(history)
@@ -149,27 +184,37 @@ class Engine:
         with timer("payment"):
             rows = torch.arange(len(prepared), device=self.device)
             w = scored.winner
-            rate, payment = price_slates(
+            _, payment = price_slates(
                 self.model.payment, scored.slot_repr[rows, w], bids[rows, w], is_ad[rows, w],
                 lists.log_alloc[rows, w], scored.probs[rows, w, :, 0],
             )
-        with timer("respond"):
-            out = _to_numpy(
-                winner=w, items=lists.items, is_ad=is_ad, bids=bids, creative=creative_rows,
-                probs=scored.probs, list_scores=scored.list_scores, log_alloc=lists.log_alloc,
-                payment=payment, beam_items=beams.items, beam_scores=beams.scores,
-            )
-            built = _build_slates(out, catalog, config, [_rid(requests[i], i) for i in served])
-        latency = timer.ms
-        served_slates = iter(built)
-        slates: list[Slate] = []
-        for i, request in enumerate(requests):
-            if i in errors:
-                slates.append(Slate(_rid(request, i), error=errors[i], latency_ms=latency))
-            else:
-                s = next(served_slates)
-                slates.append(dataclasses.replace(s, latency_ms=latency))
-        return slates
+        return ServedBatch(
+            items=lists.items, is_ad=is_ad, bids=bids, creative_rows=creative_rows, probs=scored.probs,
+            slot_repr=scored.slot_repr, log_alloc=lists.log_alloc, alive=lists.alive,
+            list_scores=scored.list_scores, winner=w, payment=payment, beam_items=beams.items,
+            beam_scores=beams.scores,
+        )
+
+
+@dataclass
+class ServedBatch:
+    """The post-stage tensors of a served batch: candidate lists ``[N, L, K]`` (items, is_ad,
+    bids, creative_rows, probs [.., 3], slot_repr [.., d], log_alloc), alive and list_scores
+    ``[N, L]``, the winning list ``winner [N]`` and its payments ``[N, K]``, and the raw beams."""
+
+    items: torch.Tensor
+    is_ad: torch.Tensor
+    bids: torch.Tensor
+    creative_rows: torch.Tensor
+    probs: torch.Tensor
+    slot_repr: torch.Tensor
+    log_alloc: torch.Tensor
+    alive: torch.Tensor
+    list_scores: torch.Tensor
+    winner: torch.Tensor
+    payment: torch.Tensor
+    beam_items: torch.Tensor
+    beam_scores: torch.Tensor
 
 
 class _Lists:

@@ -8,7 +8,7 @@ from .decoding import DecodeConfig
 from .engine import Engine
 from .world import AdWorld
 
-__all__ = ["interest_hit_rates", "slate_metrics"]
+__all__ = ["interest_hit_rates", "slate_metrics", "incentive_report"]
 
 
 def interest_hit_rates(engine: Engine, world: AdWorld, users: np.ndarray, k: int = 6, beams: int = 16) -> dict[str, float]:
@@ -50,3 +50,44 @@ def slate_metrics(world: AdWorld, engine: Engine, users: np.ndarray, slates) -> 
         "ctr": float(clicks[filled].mean()) if filled.any() else 0.0,
         "revenue_per_mille": float(1000 * (clicks * payments).sum() / max(len(users), 1)),
     }
+
+
+def incentive_report(engine: Engine, requests, config: DecodeConfig | None = None, ascent_steps: int = 30) -> dict[str, dict[str, float]]:
+    """Payment network, GSP and VCG on the same served slates: expected revenue per request
+    (sum over ads of price x pCTR) and EGA-V2's Psi on the EGA gamma grid and after gradient
+    ascent. Misreports re-run the list selection among the beam lists and the pricing (the
+    beams themselves are held fixed)."""
+    import torch
+
+    from .auction import CandidateLists, ex_post_regret, list_gsp_prices, list_vcg_prices, selection_mechanism
+    from .post import price_slates
+
+    config = config or engine.default_config
+    batch = engine.serve_batch(requests, config)
+    weights = config.list_score
+    probs = batch.probs
+    base = weights.ctr * probs[..., 0].sum(-1) + weights.creative_ctr * probs[..., 1].sum(-1) + weights.cvr * probs[..., 2].sum(-1)
+    lists = CandidateLists(
+        batch.bids.double(), probs[..., 0].double(), batch.is_ad, batch.items, batch.alive, base.double(),
+        weights.revenue, batch.slot_repr, batch.log_alloc,
+    )
+
+    def network(lists: CandidateLists, winner):
+        _, pay = price_slates(engine.model.payment, lists.at(lists.slot_repr, winner), lists.at(lists.bids, winner).float(),
+                              lists.at(lists.is_ad, winner), lists.at(lists.log_alloc, winner), lists.at(lists.pctr, winner).float())
+        return pay.double()
+
+    winner = lists.winner()
+    values = lists.at(lists.bids, winner)
+    bidders = lists.at(lists.is_ad, winner)
+    report = {}
+    for name, pricing in (("payment network", network), ("GSP", list_gsp_prices), ("VCG", list_vcg_prices)):
+        with torch.enable_grad():
+            regret = ex_post_regret(selection_mechanism(lists, pricing), values, bidders, ascent_steps=ascent_steps)
+        price = pricing(lists, winner)
+        report[name] = {
+            "revenue": float((price * lists.at(lists.pctr, winner)).sum(-1).mean()),
+            "psi_grid": regret.psi("grid"),
+            "psi": regret.psi("ascent"),
+        }
+    return report

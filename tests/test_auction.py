@@ -117,3 +117,8 @@ def test_psi_is_mean_summed_relative_regret():
     report.grid = torch.tensor([[0.1, 0.0], [0.0, 0.0]], dtype=torch.float64)
     report.utility = torch.tensor([[0.5, 0.0], [0.6, 0.0]], dtype=torch.float64)
     assert report.psi("grid") == pytest.approx((0.1 / 0.5 + 0.0) / 2)
+    # a bidder paying (nearly) its whole value is left out rather than dividing by ~0
+    report.utility = torch.tensor([[0.5, 0.001], [0.6, 0.0]], dtype=torch.float64)
+    report.grid = torch.tensor([[0.1, 0.3], [0.0, 0.0]], dtype=torch.float64)
+    report.surplus = torch.tensor([[1.0, 0.5], [0.8, 0.0]], dtype=torch.float64)
+    assert report.psi("grid") == pytest.approx((0.1 / 0.5 + 0.0) / 2)

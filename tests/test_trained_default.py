@@ -39,3 +39,15 @@ def test_training_record_is_committed(trained):
     assert record["command"].startswith("ega-infer train")
     assert record["training"]["seed"] == 0 and record["world"]["seed"] == 0
     assert record["metrics"]["interest_hit_rate"]["engine"] > record["metrics"]["interest_hit_rate"]["popularity"]
+
+
+def test_same_slates_priced_three_ways(trained):
+    from ega_infer.evaluation import incentive_report
+
+    engine, world, _ = trained
+    report = incentive_report(engine, [world.request(int(u)) for u in world.users("test")[:30]], ascent_steps=5)
+    assert set(report) == {"payment network", "GSP", "VCG"}
+    assert report["VCG"]["psi"] < 1e-6  # Clarke payments over the beam lists: truthful selection
+    assert report["GSP"]["psi_grid"] > 0
+    for row in report.values():
+        assert row["revenue"] >= 0 and row["psi"] >= row["psi_grid"] - 1e-9

@@ -25,18 +25,24 @@ __all__ = ["CandidateLists", "list_gsp_prices", "list_vcg_prices", "selection_me
 
 @dataclass
 class CandidateLists:
+    """``revenue_weight`` scales the bid term of the welfare (the list score's revenue weight);
+    ``slot_repr`` and ``log_alloc`` are carried along for pricing by the payment network."""
+
     bids: torch.Tensor
     pctr: torch.Tensor
     is_ad: torch.Tensor
     items: torch.Tensor
     alive: torch.Tensor
     base: torch.Tensor
+    revenue_weight: float = 1.0
+    slot_repr: torch.Tensor | None = None
+    log_alloc: torch.Tensor | None = None
 
     def ad_value(self) -> torch.Tensor:
         return torch.where(self.is_ad, self.bids * self.pctr, 0.0)
 
     def welfare(self) -> torch.Tensor:
-        return torch.where(self.alive, self.ad_value().sum(-1) + self.base, float("-inf"))
+        return torch.where(self.alive, self.revenue_weight * self.ad_value().sum(-1) + self.base, float("-inf"))
 
     def winner(self) -> torch.Tensor:
         return self.welfare().argmax(-1)
@@ -46,7 +52,7 @@ class CandidateLists:
 
 
 def list_vcg_prices(lists: CandidateLists, winner: torch.Tensor) -> torch.Tensor:
-    value = lists.ad_value()  # [N, L, K]
+    value = lists.revenue_weight * lists.ad_value()  # [N, L, K]
     welfare = lists.welfare()  # [N, L]
     won_items = lists.at(lists.items, winner)  # [N, K]
     won_ad = lists.at(lists.is_ad, winner)
@@ -57,7 +63,8 @@ def list_vcg_prices(lists: CandidateLists, winner: torch.Tensor) -> torch.Tensor
     best = others.max(1).values  # [N, K]
     chosen = lists.at(others, winner)
     pctr = lists.at(lists.pctr, winner)
-    price = ((best - chosen).clamp(min=0) / pctr.clamp(min=1e-12)).minimum(lists.at(lists.bids, winner))
+    scale = (lists.revenue_weight * pctr).clamp(min=1e-12)
+    price = ((best - chosen).clamp(min=0) / scale).minimum(lists.at(lists.bids, winner))
     return torch.where(won_ad, price, 0.0)
 
 
@@ -91,8 +98,12 @@ def selection_mechanism(lists: CandidateLists, pricing):
     def mechanism(bids: torch.Tensor):
         b = bids.shape[0]
         rewritten = torch.where(holds.any(-1), (holds * bids[:, :, None, None, :]).sum(-1), lists.bids)  # [B,N,L,K]
+        def tile(t):
+            return None if t is None else t.expand(b, *t.shape).flatten(0, 1)
+
         flat = CandidateLists(
-            rewritten.flatten(0, 1), *(t.expand(b, *t.shape).flatten(0, 1) for t in (lists.pctr, lists.is_ad, lists.items, lists.alive, lists.base))
+            rewritten.flatten(0, 1), tile(lists.pctr), tile(lists.is_ad), tile(lists.items), tile(lists.alive),
+            tile(lists.base), lists.revenue_weight, tile(lists.slot_repr), tile(lists.log_alloc),
         )
         winner = flat.winner()
         price = pricing(flat, winner)  # [B*N, K] by the new winner's slots

@@ -39,19 +39,22 @@ class RegretReport:
     grid: torch.Tensor
     ascent: torch.Tensor
     bidders: torch.Tensor
+    surplus: torch.Tensor | None = None  # value x click probability: the utility of paying 0
 
     def mean_regret(self, which: str = "ascent") -> float:
         """Mean regret over the counted bidders."""
         regret = getattr(self, which)
         return float(regret[self.bidders].mean()) if self.bidders.any() else 0.0
 
-    def psi(self, which: str = "ascent", min_utility: float = 1e-9) -> float:
+    def psi(self, which: str = "ascent", min_share: float = 0.01) -> float:
         """EGA-V2's Psi: mean over requests of the summed relative regret ``rgt_i / u_i`` of
-        their bidders. Bidders with (near) zero truthful utility have no relative regret and are
-        left out; requests left with no bidder are skipped."""
+        their bidders. A bidder whose truthful utility is below ``min_share`` of its surplus
+        (it pays nearly its whole value) has no meaningful relative regret and is left out;
+        requests left with no bidder are skipped."""
         regret = getattr(self, which)
-        counted = self.bidders & (self.utility > min_utility)
-        relative = torch.where(counted, regret / self.utility.clamp(min=min_utility), 0.0).sum(1)
+        floor = 1e-12 if self.surplus is None else (min_share * self.surplus).clamp(min=1e-12)
+        counted = self.bidders & (self.utility > floor)
+        relative = torch.where(counted, regret / self.utility.clamp(min=1e-12), 0.0).sum(1)
         has = counted.any(1)
         return float(relative[has].mean()) if has.any() else 0.0
 
@@ -91,7 +94,7 @@ def ex_post_regret(
     search = find_misreports(mechanism, values, gammas, ascent_steps, random_starts, lr, max_multiplier, seed)
     grid = torch.where(bidders, (search.grid_utility - search.truthful).clamp(min=0), 0.0)
     ascent = torch.where(bidders, (search.best_utility - search.truthful).clamp(min=0), 0.0)
-    return RegretReport(search.truthful, grid, torch.maximum(grid, ascent), bidders)
+    return RegretReport(search.truthful, grid, torch.maximum(grid, ascent), bidders, search.surplus)
 
 
 @dataclass
@@ -103,6 +106,7 @@ class MisreportSearch:
     grid_utility: torch.Tensor
     best_utility: torch.Tensor
     best_multiplier: torch.Tensor
+    surplus: torch.Tensor
 
 
 def find_misreports(
@@ -120,7 +124,8 @@ def find_misreports(
     r, n = values.shape
     with torch.no_grad():
         price, ctr = mechanism(values[None])
-        truthful = ((values - price[0]) * ctr[0])
+        truthful = (values - price[0]) * ctr[0]
+        surplus = values * ctr[0]
         g = torch.tensor(gammas, device=values.device, dtype=values.dtype)
         u = own_utility(mechanism, values, g[:, None, None].expand(len(gammas), r, n))
         grid_utility, best_gamma = u.max(0)
@@ -140,7 +145,9 @@ def find_misreports(
             improved = top > best_utility
             best_utility = torch.where(improved, top, best_utility)
             best_multiplier = torch.where(improved, clamped.detach().gather(0, arg[None])[0], best_multiplier)
+            if not u.requires_grad:  # utility does not move continuously with the own bid
+                break
             optimizer.zero_grad()
             (-u.sum()).backward(inputs=[multiplier])
             optimizer.step()
-    return MisreportSearch(truthful, grid_utility, best_utility, best_multiplier)
+    return MisreportSearch(truthful, grid_utility, best_utility, best_multiplier, surplus)
