@@ -18,8 +18,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .auction.lists import CandidateLists
 from .catalog import Catalog
-from .decoding import BeamResult, DecodeConfig, beam_search
+from .decoding import BeamResult, DecodeConfig, ListScore, beam_search
 from .exceptions import CatalogError, ConfigError, RequestError
 from .model import GenerativeAdModel
 from .post import choose_creatives, price_slates, score_lists
@@ -215,6 +216,14 @@ class ServedBatch:
     payment: torch.Tensor
     beam_items: torch.Tensor
     beam_scores: torch.Tensor
+
+    def candidate_lists(self, weights: ListScore) -> CandidateLists:
+        """The beam lists as the auction references see them: welfare = revenue weight x
+        sum_ads bid x pCTR + the bid-free rest of the list score."""
+        p = self.probs
+        base = weights.ctr * p[..., 0].sum(-1) + weights.creative_ctr * p[..., 1].sum(-1) + weights.cvr * p[..., 2].sum(-1)
+        return CandidateLists(self.bids, p[..., 0], self.is_ad, self.items, self.alive, base,
+                              weights.revenue, self.slot_repr, self.log_alloc)
 
 
 class _Lists:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .decoding import DecodeConfig
@@ -59,23 +61,14 @@ def incentive_report(engine: Engine, requests, config: DecodeConfig | None = Non
     beams themselves are held fixed)."""
     import torch
 
-    from .auction import CandidateLists, ex_post_regret, list_gsp_prices, list_vcg_prices, selection_mechanism
-    from .post import price_slates
+    from .auction import ex_post_regret, list_gsp_prices, list_vcg_prices, selection_mechanism
+    from .post import network_pricing
 
     config = config or engine.default_config
-    batch = engine.serve_batch(requests, config)
-    weights = config.list_score
-    probs = batch.probs
-    base = weights.ctr * probs[..., 0].sum(-1) + weights.creative_ctr * probs[..., 1].sum(-1) + weights.cvr * probs[..., 2].sum(-1)
-    lists = CandidateLists(
-        batch.bids.double(), probs[..., 0].double(), batch.is_ad, batch.items, batch.alive, base.double(),
-        weights.revenue, batch.slot_repr, batch.log_alloc,
-    )
-
-    def network(lists: CandidateLists, winner):
-        _, pay = price_slates(engine.model.payment, lists.at(lists.slot_repr, winner), lists.at(lists.bids, winner).float(),
-                              lists.at(lists.is_ad, winner), lists.at(lists.log_alloc, winner), lists.at(lists.pctr, winner).float())
-        return pay.double()
+    lists = engine.serve_batch(requests, config).candidate_lists(config.list_score)
+    # float64: Clarke payments are differences of near-equal welfares
+    lists = dataclasses.replace(lists, bids=lists.bids.double(), pctr=lists.pctr.double(), base=lists.base.double())
+    network = network_pricing(engine.model.payment)
 
     winner = lists.winner()
     values = lists.at(lists.bids, winner)
@@ -84,7 +77,8 @@ def incentive_report(engine: Engine, requests, config: DecodeConfig | None = Non
     for name, pricing in (("payment network", network), ("GSP", list_gsp_prices), ("VCG", list_vcg_prices)):
         with torch.enable_grad():
             regret = ex_post_regret(selection_mechanism(lists, pricing), values, bidders, ascent_steps=ascent_steps)
-        price = pricing(lists, winner)
+        with torch.no_grad():
+            price = pricing(lists, winner)
         report[name] = {
             "revenue": float((price * lists.at(lists.pctr, winner)).sum(-1).mean()),
             "psi_grid": regret.psi("grid"),

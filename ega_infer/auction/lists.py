@@ -50,6 +50,16 @@ class CandidateLists:
     def at(self, t: torch.Tensor, winner: torch.Tensor) -> torch.Tensor:
         return t[torch.arange(len(winner), device=winner.device), winner]
 
+    def take(self, rows: torch.Tensor) -> CandidateLists:
+        """The lists of requests ``rows``."""
+        def pick(t):
+            return None if t is None else t[rows]
+
+        return CandidateLists(
+            pick(self.bids), pick(self.pctr), pick(self.is_ad), pick(self.items), pick(self.alive),
+            pick(self.base), self.revenue_weight, pick(self.slot_repr), pick(self.log_alloc),
+        )
+
 
 def list_vcg_prices(lists: CandidateLists, winner: torch.Tensor) -> torch.Tensor:
     value = lists.revenue_weight * lists.ad_value()  # [N, L, K]
