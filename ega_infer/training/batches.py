@@ -3,6 +3,8 @@ targets."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -10,7 +12,7 @@ from ..model.encoder import History
 from ..request import PreparedRequest, collate, prepare_request
 from ..world import AdWorld
 
-__all__ = ["HistoryBank", "logged_slates"]
+__all__ = ["HistoryBank", "logged_slates", "cosine_schedule"]
 
 
 class HistoryBank:
@@ -74,3 +76,8 @@ def _appealing_creatives(world: AdWorld, pois: np.ndarray, rng: np.random.Genera
         w = world.creative_appeal[lo:hi] ** 4
         out[j] = lo + rng.choice(hi - lo, p=w / w.sum())
     return out.reshape(pois.shape)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate decaying from its initial value to 0 over ``steps`` along a half cosine."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))

@@ -4,7 +4,6 @@ trunk to predict each level directly."""
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 
 from ..model import GenerativeAdModel
 from ..world import AdWorld
-from .batches import HistoryBank, logged_slates
+from .batches import HistoryBank, cosine_schedule, logged_slates
 
 __all__ = ["generator_loss", "train_generator"]
 
@@ -57,7 +56,7 @@ def train_generator(
     users = world.users("train")
     params = [p for name, p in model.named_parameters() if not name.startswith(("reward.", "payment."))]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    schedule = cosine_schedule(optimizer, steps)
     poi_codes = torch.as_tensor(world.poi_codes)
     creative_codes = torch.as_tensor(world.creative_codes)
     model.train()

@@ -4,7 +4,6 @@ model must learn position and neighbour effects) and slates the trained generato
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 from ..model import GenerativeAdModel
 from ..world import AdWorld, feedback
+from .batches import cosine_schedule
 
 __all__ = ["train_reward"]
 
@@ -38,7 +38,7 @@ def train_reward(
     is_ad = torch.as_tensor(world.is_ad)
     params = list(model.reward.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    schedule = cosine_schedule(optimizer, steps)
     model.reward.train()
     for step in range(steps):
         rows = rng.integers(0, len(users), batch_size)
