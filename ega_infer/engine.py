@@ -23,7 +23,7 @@ from .catalog import Catalog
 from .decoding import BeamResult, DecodeConfig, ListScore, beam_search
 from .exceptions import CatalogError, ConfigError, RequestError
 from .model import GenerativeAdModel
-from .post import choose_creatives, price_slates, score_lists
+from .post import choose_creatives, network_pricing, score_lists
 from .presets import PRESETS, get_preset
 from .request import PreparedRequest, Request, collate, prepare_request
 from .slate import Candidate, Slate, SlotResult
@@ -68,6 +68,11 @@ class Engine:
     # -- catalog -----------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
         """Swap in a catalog (checked against the model's codebooks); in-flight batches keep theirs."""
+        state = self._catalog_state(catalog)
+        with self._lock:
+            self._catalog, self._catalog_tensors = state
+
+    def _catalog_state(self, catalog: Catalog) -> tuple[Catalog, dict[str, torch.Tensor]]:
         if tuple(catalog.codebook_sizes) != self.config.poi_codebook_sizes:
             raise CatalogError(
                 "codebook_sizes", f"is {catalog.codebook_sizes}", f"{self.config.poi_codebook_sizes} (the model's POI codebooks)"
@@ -84,8 +89,16 @@ class Engine:
             "creative_ptr": torch.tensor(catalog.creative_ptr, device=self.device),
             "creative_codes": torch.tensor(catalog.creative_codes, device=self.device).long(),
         }
+        return catalog, tensors
+
+    def _current(self, catalog: Catalog | None) -> tuple[Catalog, dict[str, torch.Tensor]]:
+        if catalog is not None:
+            return self._catalog_state(catalog)
         with self._lock:
-            self._catalog, self._catalog_tensors = catalog, tensors
+            current, tensors = self._catalog, self._catalog_tensors
+        if current is None or tensors is None:
+            raise CatalogError("catalog", "is not set", "a Catalog given to Engine.set_catalog first")
+        return current, tensors
 
     @property
     def catalog(self) -> Catalog | None:
@@ -93,13 +106,12 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, requests: Sequence[Request], config: DecodeConfig | None = None) -> list[Slate]:
-        """Serve a batch of requests; returns one ``Slate`` per request, in order."""
+    def generate(self, requests: Sequence[Request], config: DecodeConfig | None = None,
+                 catalog: Catalog | None = None) -> list[Slate]:
+        """Serve a batch of requests; returns one ``Slate`` per request, in order. ``catalog``
+        serves this batch against another catalog than the engine's (what-if evaluation)."""
         config = config or self.default_config
-        with self._lock:
-            catalog, tensors = self._catalog, self._catalog_tensors
-        if catalog is None or tensors is None:
-            raise CatalogError("catalog", "is not set", "a Catalog given to Engine.set_catalog first")
+        catalog, tensors = self._current(catalog)
         config.beam_schedule(self.config.levels)
         if config.num_slots > self.config.decoder.max_slots:
             raise ConfigError("num_slots", f"is {config.num_slots}", f"at most {self.config.decoder.max_slots} (the model's max_slots)")
@@ -142,14 +154,12 @@ class Engine:
 
 
     @torch.no_grad()
-    def serve_batch(self, requests: Sequence[Request], config: DecodeConfig | None = None) -> ServedBatch:
+    def serve_batch(self, requests: Sequence[Request], config: DecodeConfig | None = None,
+                    catalog: Catalog | None = None) -> ServedBatch:
         """The pipeline's tensors for a batch (for evaluation and re-pricing); unlike
         ``generate`` it raises ``RequestError`` on the first bad request."""
         config = config or self.default_config
-        with self._lock:
-            catalog, tensors = self._catalog, self._catalog_tensors
-        if catalog is None or tensors is None:
-            raise CatalogError("catalog", "is not set", "a Catalog given to Engine.set_catalog first")
+        catalog, tensors = self._current(catalog)
         prepared = [prepare_request(r, self.config, catalog, config.mode == "lists") for r in requests]
         return self._serve(prepared, config, catalog, tensors, _StageTimer(self.device))
 
@@ -182,20 +192,15 @@ class Engine:
                 self.model.reward, lists.poi_codes, creative_codes, lists.items, is_ad, bids,
                 lists.alive, config.list_score,
             )
-        with timer("payment"):
-            rows = torch.arange(len(prepared), device=self.device)
-            w = scored.winner
-            _, payment = price_slates(
-                self.model.payment, scored.slot_repr[rows, w], bids[rows, w], is_ad[rows, w],
-                lists.log_alloc[rows, w], scored.probs[rows, w, :, 0],
-            )
-        return ServedBatch(
+        batch = ServedBatch(
             items=lists.items, is_ad=is_ad, bids=bids, creative_rows=creative_rows, probs=scored.probs,
             slot_repr=scored.slot_repr, log_alloc=lists.log_alloc, alive=lists.alive,
-            list_scores=scored.list_scores, winner=w, payment=payment, beam_items=beams.items,
+            list_scores=scored.list_scores, winner=scored.winner, beam_items=beams.items,
             beam_scores=beams.scores,
         )
-
+        with timer("payment"):
+            batch.payment = network_pricing(self.model.payment)(batch.candidate_lists(config.list_score), batch.winner)
+        return batch
 
 @dataclass
 class ServedBatch:
@@ -213,9 +218,9 @@ class ServedBatch:
     alive: torch.Tensor
     list_scores: torch.Tensor
     winner: torch.Tensor
-    payment: torch.Tensor
     beam_items: torch.Tensor
     beam_scores: torch.Tensor
+    payment: torch.Tensor | None = None
 
     def candidate_lists(self, weights: ListScore) -> CandidateLists:
         """The beam lists as the auction references see them: welfare = revenue weight x

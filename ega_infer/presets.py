@@ -54,7 +54,7 @@ PRESETS: dict[str, Preset] = {
             decoder=DecoderConfig(n_layers=3, split=1, n_heads=4, n_kv_heads=2, ffn_hidden=128, max_slots=8),
             reward=RewardConfig(d_model=32, n_layers=1, n_heads=4, ffn_hidden=64),
         ),
-        DecodeConfig(mode="lists", beams=(16,), num_slots=6, alpha=1.2, beta=2.0),
+        DecodeConfig(mode="lists", beams=(16,), num_slots=6, alpha=1.2, beta=2.0, max_ads=2, min_gap=1),
         weights="tiny",
     ),
     "ega-base": Preset(

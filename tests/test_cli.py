@@ -35,3 +35,15 @@ def test_console_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "ega_infer", "info"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "c_module" in result.stdout
+
+
+def test_eval_prints_the_mechanism_table(capsys):
+    args = ["eval", "--users", "8", "--redecode-users", "1", "--ascent-steps", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for row in ("engine + payment network", "engine slates, GSP", "engine slates, VCG", "cascade, GSP"):
+        assert row in out
+    assert main(args + ["--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["engine slates, VCG"]["psi"] < 1e-6
+    assert "psi_redecode" in table["engine + payment network"]

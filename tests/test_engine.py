@@ -124,7 +124,8 @@ def test_payment_never_exceeds_bid_for_any_input():
         bids = torch.rand(64, k) * torch.tensor([0.0, 1e-3, 1.0, 1e6])[torch.randint(0, 4, (64, k))]
         is_ad = torch.rand(64, k) < 0.6
         alloc = torch.rand(64, k) * 10
-        rate, payment = pay(repr_, bids, is_ad, alloc)
+        threshold = torch.rand(64, k) * torch.tensor([0.0, 1e-3, 1.0, 1e6])[torch.randint(0, 4, (64, k))]
+        rate, payment = pay(repr_, bids, is_ad, alloc, threshold)
         assert torch.all(payment <= bids) and torch.all(payment >= 0)
         assert torch.all(payment[~is_ad] == 0)
         assert torch.all((rate >= 0) & (rate <= 1))

@@ -180,7 +180,7 @@ def test_from_config_deterministic_per_seed():
     # every randomly initialised matrix differs across seeds (norm weights / zero inits may not)
     assert len(differ) > 0
     for name, p in a.named_parameters():
-        if p.dim() >= 2:
+        if p.dim() >= 2 and p.abs().sum() > 0:  # the payment network's last layer starts at zero
             assert name in differ, name
     assert not a.training and not c.training
 

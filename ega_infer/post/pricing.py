@@ -1,40 +1,37 @@
-"""Payments for the winning slates from the payment network."""
+"""Payments for the winning lists from the payment network."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from ..auction.lists import CandidateLists, list_vcg_prices
 from ..model.payment import PaymentNetwork
 
-__all__ = ["price_slates", "network_pricing"]
-
-
-def price_slates(
-    payment: PaymentNetwork,
-    slot_repr: torch.Tensor,
-    bids: torch.Tensor,
-    is_ad: torch.Tensor,
-    log_alloc: torch.Tensor,
-    pctr: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-click payment of every slot of the winning slates ``[N, K]``.
-
-    The network sees each ad's allocation probability ``z = exp(log_alloc)`` times its pCTR.
-    Returns ``(rate, payment)``; organic and empty slots pay 0 and payment <= bid always.
-    """
-    alloc_value = torch.exp(log_alloc.clamp(max=0)) * pctr
-    return payment(slot_repr, bids, is_ad, alloc_value)
+__all__ = ["network_pricing"]
 
 
 def network_pricing(payment: PaymentNetwork):
     """The payment network as a ``pricing(lists, winner) -> [N, K]`` rule over candidate lists
-    (``ega_infer.auction.CandidateLists`` carrying ``slot_repr`` and ``log_alloc``)."""
+    (``CandidateLists`` carrying ``slot_repr`` and ``log_alloc``): per-click prices of the
+    winner's slots, 0 for organic and empty slots, never above the bid."""
 
-    def pricing(lists, winner):
-        _, pay = price_slates(
-            payment, lists.at(lists.slot_repr, winner), lists.at(lists.bids, winner).float(),
-            lists.at(lists.is_ad, winner), lists.at(lists.log_alloc, winner), lists.at(lists.pctr, winner).float(),
-        )
-        return pay.to(lists.bids.dtype)
+    def pricing(lists: CandidateLists, winner: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the threshold is an input: no gradient flows through it
+            threshold = list_vcg_prices(_exact(lists), winner)
+        bids = lists.at(lists.bids, winner)
+        pctr = lists.at(lists.pctr, winner)
+        alloc_value = torch.exp(lists.at(lists.log_alloc, winner).clamp(max=0)) * pctr
+        _, pay = payment(lists.at(lists.slot_repr, winner), bids.float(), lists.at(lists.is_ad, winner),
+                         alloc_value.float(), threshold.float())
+        return pay.to(bids.dtype)
 
     return pricing
+
+
+def _exact(lists: CandidateLists) -> CandidateLists:
+    """float64 copy of the welfare terms: Clarke prices are differences of near-equal welfares."""
+    if lists.bids.dtype == torch.float64:
+        return lists
+    return dataclasses.replace(lists, bids=lists.bids.double(), pctr=lists.pctr.double(), base=lists.base.double())

@@ -3,6 +3,7 @@ world generated from ``seed``. ``ega-infer train --out DIR`` runs it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -12,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..auction.lists import CandidateLists
 from ..decoding import DecodeConfig
 from ..engine import Engine
 from ..evaluation import interest_hit_rates
@@ -20,7 +22,7 @@ from ..presets import get_preset
 from ..world import AdWorld, WorldConfig
 from .batches import HistoryBank, logged_slates
 from .generator import train_generator
-from .payment import PricedSlates, train_payment
+from .payment import train_payment
 from .reward import train_reward
 
 __all__ = ["TrainingConfig", "train_default"]
@@ -33,7 +35,7 @@ class TrainingConfig:
     generator_steps: int = 600
     generator_batch: int = 64
     reward_steps: int = 1000
-    payment_steps: int = 300
+    payment_steps: int = 200
     served_users: int = 600
 
 
@@ -61,12 +63,12 @@ def train_default(out: str | Path, config: TrainingConfig = TrainingConfig(), lo
     order = np.argsort(rng.random(pois.shape), axis=1)  # same items, other positions
     shown.append((logged_users, np.take_along_axis(pois, order, 1), np.take_along_axis(creatives, order, 1)))
     served_users = rng.choice(train_users, size=min(config.served_users, len(train_users)), replace=False)
-    shown.append(_served(engine, world, served_users, config.slots)[:3])
+    shown.append(_served(engine, world, served_users, config.slots))
     train_reward(model, world, shown, config.reward_steps, seed=config.seed, log=log)
 
-    served = _served(engine, world, served_users, config.slots)  # now chosen by the trained reward model
-    train_payment(model.payment, _priced(engine, world, *served),
-                  preset.decode.alpha, preset.decode.beta, config.payment_steps, seed=config.seed, log=log)
+    # candidate lists as served with the trained reward model choosing among them
+    train_payment(model.payment, _served_lists(engine, world, served_users, preset.decode),
+                  config.payment_steps, seed=config.seed, log=log)
 
     metrics = {"interest_hit_rate": interest_hit_rates(engine, world, world.users("test"))}
     elapsed = time.perf_counter() - start
@@ -82,29 +84,25 @@ def train_default(out: str | Path, config: TrainingConfig = TrainingConfig(), lo
 
 
 def _served(engine: Engine, world: AdWorld, users: np.ndarray, slots: int):
-    """Slates the engine serves to ``users`` (lists mode): POI rows, creative rows ``[R, K]``,
-    allocation probabilities and the reward model's pCTR."""
+    """Slates the engine serves to ``users`` (lists mode): users, POI rows, creative rows ``[R, K]``."""
     config = DecodeConfig(mode="lists", beams=(8,), num_slots=slots, choose_creatives=True)
     pois = np.zeros((len(users), slots), np.int64)
     creatives = np.full((len(users), slots), -1, np.int64)
-    alloc = np.zeros((len(users), slots))
     for start in range(0, len(users), 64):
         chunk = users[start : start + 64]
         for i, slate in enumerate(engine.generate([world.request(int(u)) for u in chunk], config)):
             pois[start + i] = engine.catalog.index_of([s.item_id for s in slate.slots])
             ids = [s.creative_id for s in slate.slots]
             creatives[start + i] = [int(np.searchsorted(world.creative_ids, c)) if c is not None else -1 for c in ids]
-            alloc[start + i] = [s.alloc_prob for s in slate.slots]
-    return users, pois, creatives, alloc
+    return users, pois, creatives
 
 
-@torch.no_grad()
-def _priced(engine: Engine, world: AdWorld, users, pois, creatives, alloc) -> PricedSlates:
-    """What the payment network sees of served slates, recomputed from the slates' items."""
-    poi_codes = torch.as_tensor(world.poi_codes[pois])
-    creative_codes = torch.where(torch.as_tensor(creatives >= 0)[..., None],
-                                 torch.as_tensor(world.creative_codes[np.maximum(creatives, 0)]), -1)
-    is_ad = torch.as_tensor(world.is_ad[pois])
-    probs, slot_repr = engine.model.reward(poi_codes, creative_codes, is_ad, torch.ones(pois.shape, dtype=torch.bool))
-    return PricedSlates(slot_repr, torch.as_tensor(world.bids[pois], dtype=torch.float32), is_ad,
-                        torch.as_tensor(alloc, dtype=torch.float32), probs[..., 0])
+def _served_lists(engine: Engine, world: AdWorld, users: np.ndarray, config: DecodeConfig) -> CandidateLists:
+    """The beam lists of ``users``' requests as the payment network prices them."""
+    chunks = [engine.serve_batch([world.request(int(u)) for u in users[start : start + 64]], config)
+              .candidate_lists(config.list_score) for start in range(0, len(users), 64)]
+    fields = {f.name: getattr(chunks[0], f.name) for f in dataclasses.fields(CandidateLists)}
+    for name, value in fields.items():
+        if isinstance(value, torch.Tensor):
+            fields[name] = torch.cat([getattr(c, name) for c in chunks])
+    return CandidateLists(**fields)

@@ -110,9 +110,7 @@ class AdWorld:
 
     def click_prob(self, users: np.ndarray, pois: np.ndarray, creatives: np.ndarray) -> np.ndarray:
         """Click probabilities of slates ``pois [R, K]`` with ``creatives [R, K]`` (-1 = none)."""
-        k = pois.shape[1]
-        position = 1.0 / (1.0 + 0.3 * np.arange(k))
-        p = self.relevance(users[:, None], pois) * position
+        p = self.relevance(users[:, None], pois) * self.position_bias(pois.shape[1])
         p = p * np.where(creatives >= 0, self.creative_appeal[np.maximum(creatives, 0)], 1.0)
         cat, ad = self.poi_category[pois], self.is_ad[pois]
         same = np.zeros_like(p, dtype=bool)
@@ -122,6 +120,11 @@ class AdWorld:
         ad_next[:, 1:] |= ad[:, 1:] & ad[:, :-1]
         ad_next[:, :-1] |= ad[:, :-1] & ad[:, 1:]
         return np.clip(p * np.where(same, 0.75, 1.0) * np.where(ad_next, 0.85, 1.0), 0, 0.95)
+
+    @staticmethod
+    def position_bias(k: int) -> np.ndarray:
+        """Click-probability discount of slots ``0..k-1``."""
+        return 1.0 / (1.0 + 0.3 * np.arange(k))
 
     def interest_hit(self, users: np.ndarray, pois: np.ndarray) -> np.ndarray:
         """Whether each POI ``[R, K]`` (-1 = none) is in one of its user's interest categories."""

@@ -1,0 +1,13 @@
+"""Offline evaluation on the synthetic world: quality against baselines, and the auction's
+revenue and incentives (EGA-V2's metrics)."""
+
+from .cascade import CascadeSlates, cascade_slates
+from .incentives import incentive_report, priced_three_ways, redecode_regret
+from .quality import interest_hit_rates, judge_slates, slate_metrics
+from .table import evaluation_table, format_table
+
+__all__ = [
+    "interest_hit_rates", "judge_slates", "slate_metrics",
+    "incentive_report", "priced_three_ways", "redecode_regret",
+    "CascadeSlates", "cascade_slates", "evaluation_table", "format_table",
+]
