@@ -120,12 +120,42 @@ class DeviceTrie:
         self.leaf_ptr = t(trie.leaf_ptr).long()
         self.leaf_items = t(trie.leaf_items).long()
         self.item_nodes = t(trie.item_nodes).long()
-        # children are sorted by (parent, code): a global key makes child lookup a searchsorted
-        self.child_key = []
+        self.child_key = self._child_keys()
+
+    @classmethod
+    def from_tensors(cls, arrays: dict, codebook_sizes: tuple[int, ...], device: torch.device | str) -> DeviceTrie:
+        """The same trie from ``build_trie``-layout tensors (``device_build.build_trie_device``),
+        with no host round trip. A tensor already on ``device`` with the attribute's dtype is
+        shared, not copied; no host synchronisation (``child_key`` is sized from the shapes)."""
+        device = torch.device(device)
+        self = cls.__new__(cls)
+        self.device = device
+        self.levels = len(arrays["child_ptr"])
+        self.codebook_sizes = tuple(codebook_sizes)
+
+        def t(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+            return a.to(device=device, dtype=dtype)
+
+        self.child_ptr = [t(a, torch.long) for a in arrays["child_ptr"]]
+        self.node_code = [t(a, torch.int32) for a in arrays["node_code"]]
+        self.node_max_bid = [t(a, torch.float32) for a in arrays["node_max_bid"]]
+        self.node_ad_count = [t(a, torch.int32) for a in arrays["node_ad_count"]]
+        self.leaf_ptr = t(arrays["leaf_ptr"], torch.long)
+        self.leaf_items = t(arrays["leaf_items"], torch.long)
+        self.item_nodes = t(arrays["item_nodes"], torch.long)
+        self.child_key = self._child_keys()
+        return self
+
+    def _child_keys(self) -> list[torch.Tensor]:
+        """Children are sorted by (parent, code): a global key makes child lookup a searchsorted.
+        Sized from the shapes, so no host synchronisation."""
+        keys = []
         for level in range(self.levels):
             counts = torch.diff(self.child_ptr[level])
-            parent = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
-            self.child_key.append(parent * codebook_sizes[level] + self.node_code[level].long())
+            parent = torch.repeat_interleave(torch.arange(len(counts), device=self.device), counts,
+                                             output_size=len(self.node_code[level]))
+            keys.append(parent * self.codebook_sizes[level] + self.node_code[level].long())
+        return keys
 
     def child(self, level: int, node: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """Depth-(level+1) node reached from depth-``level`` ``node`` by ``code`` (must exist)."""
