@@ -2,9 +2,9 @@
 
 One step per (slot, level) position, vectorised over requests and beams:
 
-    LazyAR tail on every beam -> level head logits -> trie mask + token bid weight +
-    log-softmax over the admissible children -> add to the beam score -> exact two-stage
-    top-k -> gather parents -> walk the trie.
+    LazyAR tail on every beam -> level head logits -> ``beam_step`` (trie mask + token bid
+    weight + log-softmax over the admissible children, added to the beam score, exact top-k,
+    the child node reached) -> gather parents.
 
 After a slot's last level the leaf resolves to an item. ``candidates`` decodes one slot (each
 beam is one item); ``lists`` decodes ``num_slots`` slots (each beam is a whole slate) under the
@@ -19,10 +19,9 @@ import torch
 
 from ..catalog.trie import DeviceTrie
 from ..model.decoder import DecoderContext, LazyARDecoder
-from ..ops.trie_log_softmax import trie_log_softmax
+from ..ops.beam_step import beam_step
 from .config import DecodeConfig
 from .slate_rules import SlateRules
-from .topk import two_stage_topk
 
 __all__ = ["BeamResult", "beam_search"]
 
@@ -95,22 +94,19 @@ def beam_search(
         hidden, cache = decoder.tail_step(x, ctx, cache)
         logits = decoder.logits(hidden, level).reshape(n * beams, -1)
         allowed = rules.allowed(level, slot, node, items) if rules is not None else None
-        logp = trie_log_softmax(
-            logits, node.reshape(-1), trie.child_ptr[level], trie.node_code[level],
-            trie.node_max_bid[level], alpha=config.alpha, beta=config.beta,
+        step = beam_step(
+            logits, scores, node.reshape(-1), trie.child_ptr[level], trie.node_code[level],
+            trie.node_max_bid[level], k=width, alpha=config.alpha, beta=config.beta,
             allowed=allowed, backend=config.backend,
-        ).view(n, beams, -1)
-
-        scores, parent, token = two_stage_topk(scores[..., None] + logp, width)
-        alive = scores > float("-inf")
-        chosen_logp = logp[rows, parent, token]
+        )
+        scores, parent, token, alive = step.scores, step.parent, step.token, step.alive
         cache = cache.reorder(parent)
         items, codes, log_alloc, hidden_out = (
             items[rows, parent], codes[rows, parent], log_alloc[rows, parent], hidden_out[rows, parent]
         )
-        slot_logp = slot_logp[rows, parent] + chosen_logp
+        slot_logp = slot_logp[rows, parent] + step.logp
         codes[..., slot, level] = token
-        node = torch.where(alive, trie.child(level, node[rows, parent].clamp(min=0), token), -1)
+        node = step.child  # -1 where the beam is dead
         if rules is not None:
             rules.reorder(parent)
         prev_token = token
