@@ -166,7 +166,7 @@ class Engine:
     def _serve(self, prepared, config: DecodeConfig, catalog: Catalog, tensors, timer: _StageTimer) -> ServedBatch:
         with timer("encode"):
             history, organic = collate(prepared, self.device)
-            memory, mask = self.model.encoder(history)
+            memory, mask = self.model.encoder(history, config.backend)
             ctx = self.model.decoder.context(memory, mask)
         with timer("decode"):
             trie = catalog.device_trie(self.device)

@@ -15,7 +15,7 @@ import torch
 from .catalog import Catalog
 from .exceptions import RequestError
 from .model.config import ModelConfig
-from .model.encoder import History
+from .model.encoder import History, packed_layout
 
 __all__ = ["Request", "PreparedRequest", "prepare_request", "collate"]
 
@@ -107,7 +107,9 @@ def collate(batch: Sequence[PreparedRequest], device: torch.device) -> tuple[His
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device)
 
-    return History(t(poi), t(creative), t(actions), t(times), t(lengths)), t(organic)
+    index, cu_seqlens = packed_layout(lengths, s + 1)  # the encoder's 1 + S positions, on the host
+    packing = (index.to(device), cu_seqlens.to(device))
+    return History(t(poi), t(creative), t(actions), t(times), t(lengths), packing), t(organic)
 
 
 def _int_matrix(name: str, values, width: int, rows: int | None = None) -> np.ndarray:

@@ -234,7 +234,8 @@ def test_kernel_backends_decode_the_same_beams(backend, mode, device):
     organic = torch.tensor(catalog.index_of(catalog.item_ids[~catalog.is_ad][:3]), device=device).expand(2, -1)
     _, _, ctx = _context(model.cpu(), 2, seed=4)
     model.to(device)
-    ctx = type(ctx)([k.to(device) for k in ctx.keys], [v.to(device) for v in ctx.values], ctx.mask.to(device))
+    ctx = type(ctx)([k.to(device) for k in ctx.keys], [v.to(device) for v in ctx.values], ctx.mask.to(device),
+                    ctx.lengths.to(device))
     results = {}
     for chosen in ("torch", backend):
         config = DecodeConfig(mode=mode, beams=(3, 5, 6), num_slots=3, backend=chosen)

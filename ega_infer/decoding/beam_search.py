@@ -91,7 +91,7 @@ def beam_search(
             trunk[:, position, None].expand(n, beams, -1),
             decoder.token_embedding(prev_token, position - 1),
         )
-        hidden, cache = decoder.tail_step(x, ctx, cache)
+        hidden, cache = decoder.tail_step(x, ctx, cache, config.backend)
         logits = decoder.logits(hidden, level).reshape(n * beams, -1)
         allowed = rules.allowed(level, slot, node, items) if rules is not None else None
         step = beam_step(

@@ -35,7 +35,7 @@ class CreativeHead(nn.Module):
 
     def context(self, memory: torch.Tensor, mask: torch.Tensor) -> DecoderContext:
         k, v = self.block.context_kv(memory)
-        return DecoderContext([k], [v], mask[:, None, None, :])
+        return DecoderContext([k], [v], mask[:, None, None, :], mask.sum(-1))
 
     def score(
         self,

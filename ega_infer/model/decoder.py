@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..ops._dispatch import resolve_backend
 from .config import ModelConfig
 from .layers import DecoderBlock, RMSNorm
 
@@ -33,6 +34,7 @@ class DecoderContext:
     keys: list[torch.Tensor]  # per layer [N, Hkv, S, hd]
     values: list[torch.Tensor]
     mask: torch.Tensor  # [N, 1, 1, S] bool, True = real context position
+    lengths: torch.Tensor  # [N] real positions, a prefix of each row (the kernels' view of mask)
 
 
 @dataclass
@@ -70,7 +72,7 @@ class LazyARDecoder(nn.Module):
     # -- pieces shared by teacher forcing and beam decoding -------------------------------
     def context(self, memory: torch.Tensor, mask: torch.Tensor) -> DecoderContext:
         kv = [block.context_kv(memory) for block in self.blocks]
-        return DecoderContext([k for k, _ in kv], [v for _, v in kv], mask[:, None, None, :])
+        return DecoderContext([k for k, _ in kv], [v for _, v in kv], mask[:, None, None, :], mask.sum(-1))
 
     def trunk(self, ctx: DecoderContext, n_positions: int) -> torch.Tensor:
         """Trunk output for the first ``n_positions`` positions, ``[N, T, d]``, once per request."""
@@ -107,8 +109,13 @@ class LazyARDecoder(nn.Module):
             values.append(torch.empty(shape, device=device, dtype=dtype))
         return TailCache(keys, values)
 
-    def tail_step(self, x: torch.Tensor, ctx: DecoderContext, cache: TailCache) -> tuple[torch.Tensor, TailCache]:
-        """Run the tail layers for one position of every beam: ``x [N, B, d]`` (fused input)."""
+    def tail_step(self, x: torch.Tensor, ctx: DecoderContext, cache: TailCache,
+                  backend: str = "torch") -> tuple[torch.Tensor, TailCache]:
+        """Run the tail layers for one position of every beam: ``x [N, B, d]`` (fused input).
+
+        ``backend`` other than "torch" (resolved per device, see ``ops``) runs both attentions
+        through the ``decode_attention`` kernel op; "torch" uses PyTorch's SDPA."""
+        kernel = resolve_backend(backend, x.device, "decode_attention") != "torch"
         keys, values = [], []
         for i, block in enumerate(self.blocks[self.split:]):
             layer = self.split + i
@@ -118,8 +125,16 @@ class LazyARDecoder(nn.Module):
             v = torch.cat([cache.values[i], v_new], dim=3)
             keys.append(k)
             values.append(v)
-            x = x + block.self_attn.attend(block.self_attn.project_q(h), k, v).squeeze(2)
-            x = block.cross(x, ctx.keys[layer], ctx.values[layer], ctx.mask)
+            q = block.self_attn.project_q(h)  # [N, B, H, 1, hd]
+            if kernel:
+                no_ctx = k.new_empty(k.shape[0], k.shape[2], 0, k.shape[4])
+                no_len = torch.zeros_like(ctx.lengths)
+                x = x + block.self_attn.attend_beams(q.squeeze(3), no_ctx, no_ctx, no_len, k, v, backend)
+                q = block.cross_attn.project_q(block.cross_norm(x)).transpose(1, 2)  # [N, B, H, hd]
+                x = x + block.cross_attn.attend_beams(q, ctx.keys[layer], ctx.values[layer], ctx.lengths, backend=backend)
+            else:
+                x = x + block.self_attn.attend(q, k, v).squeeze(2)
+                x = block.cross(x, ctx.keys[layer], ctx.values[layer], ctx.mask)
             x = x + block.ffn(block.ffn_norm(x))
         return x, TailCache(keys, values)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops._dispatch import resolve_backend
 from .config import ModelConfig
 from .layers import EncoderBlock, RMSNorm
 
-__all__ = ["UserEncoder", "History"]
+__all__ = ["UserEncoder", "History", "packed_layout"]
 
 
 class History:
@@ -21,16 +22,31 @@ class History:
 
     poi_codes [N, S, C], creative_codes [N, S, Cc] (-1 = unknown creative), actions [N, S],
     time_buckets [N, S], lengths [N]. Rows are oldest first; positions ``>= lengths[n]`` are padding.
+
+    ``packing`` (optional, built on the host by ``collate``): the packed layout of the encoder's
+    ``1 + S`` positions without padding, ``(index [T] into the flattened [N, 1 + S] positions,
+    cu_seqlens [N + 1] int32)``; derived from ``lengths`` (one host sync) when absent.
     """
 
-    __slots__ = ("poi_codes", "creative_codes", "actions", "time_buckets", "lengths")
+    __slots__ = ("poi_codes", "creative_codes", "actions", "time_buckets", "lengths", "packing")
 
-    def __init__(self, poi_codes, creative_codes, actions, time_buckets, lengths) -> None:
+    def __init__(self, poi_codes, creative_codes, actions, time_buckets, lengths, packing=None) -> None:
         self.poi_codes = poi_codes
         self.creative_codes = creative_codes
         self.actions = actions
         self.time_buckets = time_buckets
         self.lengths = lengths
+        self.packing = packing
+
+
+def packed_layout(lengths, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, cu_seqlens)`` of rows holding ``1 + lengths[n]`` real positions out of ``width``."""
+    counts = torch.as_tensor(lengths).long().cpu() + 1
+    rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    index = rows * width + torch.arange(len(rows)) - first
+    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]).int()
+    return index, cu_seqlens
 
 
 class UserEncoder(nn.Module):
@@ -60,15 +76,32 @@ class UserEncoder(nn.Module):
         positions = torch.arange(x.shape[1], device=x.device)
         return x + self.pos_emb(positions)
 
-    def forward(self, history: History) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the context memory ``[N, 1 + S, d]`` and its key mask ``[N, 1 + S]`` (True = real)."""
+    def forward(self, history: History, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the context memory ``[N, 1 + S, d]`` and its key mask ``[N, 1 + S]`` (True = real).
+
+        ``backend`` other than "torch" (resolved per device) runs the blocks on the histories
+        packed without padding through the ``prefill_attention`` kernel op; padding positions
+        of the memory are then zeros (they are masked everywhere)."""
         tokens = self.embed(history)
         n = tokens.shape[0]
         user = self.user_token.to(tokens.dtype).expand(n, 1, -1)
         x = torch.cat([user, tokens], dim=1)
         positions = torch.arange(x.shape[1], device=x.device)
         mask = positions[None, :] <= history.lengths[:, None]
+        if resolve_backend(backend, x.device, "prefill_attention") != "torch":
+            # prefill has no CUDA C++ version: "cuda" runs its Triton kernel
+            return self._forward_packed(x, history, "auto" if backend == "cuda" else backend), mask
         attn_mask = mask[:, None, None, :]
         for block in self.blocks:
             x = block(x, attn_mask)
         return self.norm(x), mask
+
+    def _forward_packed(self, x: torch.Tensor, history: History, backend: str) -> torch.Tensor:
+        n, width, d = x.shape
+        index, cu_seqlens = history.packing or packed_layout(history.lengths, width)
+        index, cu_seqlens = index.to(x.device), cu_seqlens.to(x.device)
+        flat = x.reshape(n * width, d)
+        packed = flat[index]
+        for block in self.blocks:
+            packed = block.forward_packed(packed, cu_seqlens, backend)
+        return torch.zeros_like(flat).index_copy(0, index, self.norm(packed)).view(n, width, d)

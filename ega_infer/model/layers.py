@@ -61,6 +61,35 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(out.transpose(-2, -3).flatten(-2))
 
+    def attend_beams(
+        self,
+        q: torch.Tensor,
+        ctx_k: torch.Tensor,
+        ctx_v: torch.Tensor,
+        ctx_len: torch.Tensor,
+        own_k: torch.Tensor | None = None,
+        own_v: torch.Tensor | None = None,
+        backend: str = "auto",
+    ) -> torch.Tensor:
+        """One query per beam ``q [N, P, H, hd]`` over its request's context ``[N, Hkv, S, hd]``
+        (first ``ctx_len`` positions) and its own positions ``[N, P, Hkv, T, hd]``, through the
+        ``decode_attention`` kernel op; returns the projected output ``[N, P, d]``."""
+        from ..ops.decode_attention import decode_attention
+
+        out = decode_attention(q, ctx_k, ctx_v, ctx_len, own_k, own_v, backend=backend)
+        return self.o_proj(out.flatten(-2))
+
+    def attend_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool, backend: str = "auto") -> torch.Tensor:
+        """Self-attention of sequences packed without padding, ``x [T, d]`` with boundaries
+        ``cu_seqlens [B + 1]``, through the ``prefill_attention`` kernel op."""
+        from ..ops.prefill_attention import prefill_attention
+
+        q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
+        k = self.k_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))
+        v = self.v_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))
+        out = prefill_attention(q, k, v, cu_seqlens, causal=causal, backend=backend)
+        return self.o_proj(out.flatten(-2))
+
 
 class FeedForward(nn.Module):
     """SwiGLU feed-forward."""
@@ -89,6 +118,11 @@ class EncoderBlock(nn.Module):
         h = self.attn_norm(x)
         k, v = self.attn.project_kv(h)
         x = x + self.attn.attend(self.attn.project_q(h), k, v, mask)
+        return x + self.ffn(self.ffn_norm(x))
+
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """The same block on sequences packed without padding, ``x [T, d]``."""
+        x = x + self.attn.attend_packed(self.attn_norm(x), cu_seqlens, causal=False, backend=backend)
         return x + self.ffn(self.ffn_norm(x))
 
 
