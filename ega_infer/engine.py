@@ -72,7 +72,7 @@ class Engine:
         with self._lock:
             self._catalog, self._catalog_tensors = state
 
-    def _catalog_state(self, catalog: Catalog) -> tuple[Catalog, dict[str, torch.Tensor]]:
+    def _catalog_state(self, catalog: Catalog) -> tuple[Catalog, dict]:
         if tuple(catalog.codebook_sizes) != self.config.poi_codebook_sizes:
             raise CatalogError(
                 "codebook_sizes", f"is {catalog.codebook_sizes}", f"{self.config.poi_codebook_sizes} (the model's POI codebooks)"
@@ -89,9 +89,10 @@ class Engine:
             "creative_ptr": torch.tensor(catalog.creative_ptr, device=self.device),
             "creative_codes": torch.tensor(catalog.creative_codes, device=self.device).long(),
         }
+        tensors["max_creatives"] = int(np.diff(catalog.creative_ptr).max(initial=0))  # a host int
         return catalog, tensors
 
-    def _current(self, catalog: Catalog | None) -> tuple[Catalog, dict[str, torch.Tensor]]:
+    def _current(self, catalog: Catalog | None) -> tuple[Catalog, dict]:
         if catalog is not None:
             return self._catalog_state(catalog)
         with self._lock:
@@ -178,7 +179,7 @@ class Engine:
                 creative_ctx = self.model.creative.context(memory, mask)
                 creative_rows = choose_creatives(
                     self.model, creative_ctx, lists.items, lists.poi_codes, lists.hidden,
-                    tensors["creative_ptr"], tensors["creative_codes"],
+                    tensors["creative_ptr"], tensors["creative_codes"], tensors["max_creatives"],
                 )
         with timer("reward"):
             safe = lists.items.clamp(min=0)

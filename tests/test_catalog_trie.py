@@ -299,3 +299,29 @@ def test_refresh_bids_rejects_bad_input(changed, bid, message: str) -> None:
     bids[2] = bid
     with pytest.raises(ValueError, match=message):
         _C.refresh_bids(trie, is_ad, bids, np.array(changed, np.int64))
+
+
+@pytest.mark.parametrize("n", [1, 9, 300])
+def test_device_trie_padded_children_and_widths(n: int) -> None:
+    """``DeviceTrie.children`` (fixed width, no host sync) lists exactly the CSR children, and
+    the widths it pads to are the widest node and leaf, for both ways of building a DeviceTrie."""
+    import torch
+
+    from ega_infer.catalog import DeviceTrie, TrieArrays, build_trie_device
+    from ega_infer.ops import trie_children
+
+    sizes = [5, 4, 3]
+    codes, is_ad, bids = random_catalog(n, sizes, "mixed", seed=n)
+    trie = DeviceTrie(TrieArrays.build(codes, is_ad, bids, tuple(sizes)), tuple(sizes), torch.device("cpu"))
+    arrays = build_trie_device(torch.as_tensor(codes), torch.as_tensor(is_ad), torch.as_tensor(bids), sizes)
+    same = DeviceTrie.from_tensors(arrays, tuple(sizes), "cpu")
+    assert same.max_children == trie.max_children and same.max_leaf_items == trie.max_leaf_items
+    assert trie.max_leaf_items == int(np.diff(trie.leaf_ptr.numpy()).max())
+    for level in range(len(sizes)):
+        n_nodes = trie.child_ptr[level].numel() - 1
+        assert trie.max_children[level] == int(np.diff(trie.child_ptr[level].numpy()).max())
+        node = torch.tensor(list(range(n_nodes)) + [-1, 0])
+        child, valid = trie.children(level, node)
+        rows, want = trie_children(node, trie.child_ptr[level])
+        assert child.shape == (len(node), max(trie.max_children[level], 1))
+        assert torch.equal(child[valid], want) and torch.equal(valid.nonzero()[:, 0], rows)

@@ -121,12 +121,14 @@ class DeviceTrie:
         self.leaf_items = t(trie.leaf_items).long()
         self.item_nodes = t(trie.item_nodes).long()
         self.child_key = self._child_keys()
+        self._set_widths([int(np.diff(a).max(initial=0)) for a in trie.child_ptr], int(np.diff(trie.leaf_ptr).max(initial=0)))
 
     @classmethod
     def from_tensors(cls, arrays: dict, codebook_sizes: tuple[int, ...], device: torch.device | str) -> DeviceTrie:
         """The same trie from ``build_trie``-layout tensors (``device_build.build_trie_device``),
         with no host round trip. A tensor already on ``device`` with the attribute's dtype is
-        shared, not copied; no host synchronisation (``child_key`` is sized from the shapes)."""
+        shared, not copied. One host synchronisation reads the widths (max children per node,
+        max items per leaf) that let the decode loop itself run without any."""
         device = torch.device(device)
         self = cls.__new__(cls)
         self.device = device
@@ -144,7 +146,15 @@ class DeviceTrie:
         self.leaf_items = t(arrays["leaf_items"], torch.long)
         self.item_nodes = t(arrays["item_nodes"], torch.long)
         self.child_key = self._child_keys()
+        counts = [torch.diff(p).max() if p.numel() > 1 else p.new_zeros(()) for p in self.child_ptr]
+        leaf = torch.diff(self.leaf_ptr).max() if self.leaf_ptr.numel() > 1 else self.leaf_ptr.new_zeros(())
+        widths = torch.stack(counts + [leaf]).tolist()  # the one host sync
+        self._set_widths(widths[:-1], widths[-1])
         return self
+
+    def _set_widths(self, max_children: list[int], max_leaf_items: int) -> None:
+        self.max_children = max_children  # per level: the most children any node has
+        self.max_leaf_items = max_leaf_items  # the most items any leaf holds
 
     def _child_keys(self) -> list[torch.Tensor]:
         """Children are sorted by (parent, code): a global key makes child lookup a searchsorted.
@@ -156,6 +166,19 @@ class DeviceTrie:
                                              output_size=len(self.node_code[level]))
             keys.append(parent * self.codebook_sizes[level] + self.node_code[level].long())
         return keys
+
+    def children(self, level: int, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The depth-(level+1) children of depth-``level`` nodes ``[R]`` (-1: none), padded to
+        the level's widest node: ``(child [R, W], valid [R, W])``. Fixed shapes, no host sync."""
+        ptr = self.child_ptr[level]
+        alive = node >= 0
+        safe = node.clamp(min=0, max=max(ptr.numel() - 2, 0)).long()
+        start = ptr[safe]
+        count = torch.where(alive, ptr[(safe + 1).clamp(max=ptr.numel() - 1)] - start, 0)
+        offset = torch.arange(max(self.max_children[level], 1), device=node.device)
+        valid = offset < count[:, None]
+        child = torch.where(valid, start[:, None] + offset, 0).clamp(max=max(self.node_code[level].numel() - 1, 0))
+        return child, valid
 
     def child(self, level: int, node: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """Depth-(level+1) node reached from depth-``level`` ``node`` by ``code`` (must exist)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from ..catalog.trie import DeviceTrie
-from ..ops.trie_log_softmax import trie_children
 from .config import DecodeConfig
 
 __all__ = ["SlateRules"]
@@ -66,18 +65,20 @@ class SlateRules:
         """
         n, b = node.shape
         trie = self.trie
-        rows, child = trie_children(node.reshape(-1), trie.child_ptr[level])
+        child, valid = trie.children(level, node.reshape(-1))  # [R, W], fixed shapes
         used = slot_items.reshape(n * b, -1)
         used_ad = (used >= 0) & self.is_ad[used.clamp(min=0)]
-        used_nodes = torch.where(used_ad, trie.item_nodes[used.clamp(min=0), level], -1)
-        ads_left = trie.node_ad_count[level][child] - (used_nodes[rows] == child[:, None]).sum(1)
+        used_nodes = torch.where(used_ad, trie.item_nodes[used.clamp(min=0), level], -1)  # [R, K]
+        ads_left = trie.node_ad_count[level][child] - (used_nodes[:, None, :] == child[..., None]).sum(-1)
         organic_ok, organic_row = self.organic_next()
         organic_node = torch.where(organic_ok, trie.item_nodes[organic_row.clamp(min=0), level], -1).reshape(-1)
         ads_ok = self.ads_ok(slot).reshape(-1)
-        ok = (ads_ok[rows] & (ads_left > 0)) | (organic_node[rows] == child)
-        allowed = torch.zeros(n * b, trie.codebook_sizes[level], dtype=torch.bool, device=node.device)
-        allowed[rows[ok], trie.node_code[level][child[ok]].long()] = True
-        return allowed
+        ok = valid & ((ads_ok[:, None] & (ads_left > 0)) | (organic_node[:, None] == child))
+        vocab = trie.codebook_sizes[level]
+        # inadmissible children write into a spare column, dropped after the scatter
+        code = torch.where(ok, trie.node_code[level][child].long(), vocab)
+        allowed = torch.zeros(n * b, vocab + 1, dtype=torch.bool, device=node.device)
+        return allowed.scatter_(1, code, True)[:, :vocab]
 
     def resolve(self, slot: int, leaf: torch.Tensor, slot_items: torch.Tensor) -> torch.Tensor:
         """Item row each beam places at its chosen ``leaf [N, B]`` (-1 for dead beams)."""
@@ -86,8 +87,7 @@ class SlateRules:
         leaf = leaf.clamp(min=0)
         start = trie.leaf_ptr[leaf]
         count = trie.leaf_ptr[leaf + 1] - start
-        width = int(count.max()) if count.numel() else 0
-        offset = torch.arange(max(width, 1), device=leaf.device)
+        offset = torch.arange(max(trie.max_leaf_items, 1), device=leaf.device)  # fixed: no host sync
         valid = offset < count[..., None]
         items = trie.leaf_items[(start[..., None] + offset).clamp(max=max(len(trie.leaf_items) - 1, 0))]
         unused = ~(items[..., :, None] == slot_items[..., None, :]).any(-1)

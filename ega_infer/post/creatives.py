@@ -20,11 +20,13 @@ def choose_creatives(
     hidden: torch.Tensor,
     creative_ptr: torch.Tensor,
     creative_codes: torch.Tensor,
+    max_creatives: int,
 ) -> torch.Tensor:
     """Creative row chosen for each placed item.
 
     items [N, L, K] catalog rows (-1 = empty), poi_codes [N, L, K, C], hidden [N, L, K, d];
-    creative_ptr [n_items + 1] and creative_codes [n_creatives, Cc] from the catalog.
+    creative_ptr [n_items + 1] and creative_codes [n_creatives, Cc] from the catalog;
+    max_creatives: the most creatives any item owns (a host int: shapes stay fixed, no sync).
     Returns [N, L, K] creative rows, -1 where the slot is empty or the item has no creative.
     """
     n, lists, k = items.shape
@@ -32,7 +34,7 @@ def choose_creatives(
     safe = items.clamp(min=0)
     start = creative_ptr[safe]
     count = torch.where(placed, creative_ptr[safe + 1] - start, 0)
-    width = int(count.max()) if count.numel() else 0
+    width = max_creatives
     if width == 0:
         return torch.full_like(items, -1)
     offset = torch.arange(width, device=items.device)
