@@ -26,6 +26,7 @@ from .model import GenerativeAdModel
 from .post import choose_creatives, network_pricing, score_lists
 from .presets import PRESETS, get_preset
 from .request import PreparedRequest, Request, collate, prepare_request
+from .serving.controller import BeamController
 from .slate import Candidate, Slate, SlotResult
 
 __all__ = ["Engine", "ServedBatch"]
@@ -40,6 +41,7 @@ class Engine:
         self._catalog: Catalog | None = None
         self._catalog_tensors: dict[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
+        self.beam_controller = BeamController()
 
     @classmethod
     def from_pretrained(
@@ -105,14 +107,25 @@ class Engine:
     def catalog(self) -> Catalog | None:
         return self._catalog
 
+    def stats(self) -> dict:
+        """Serving statistics: per beam schedule, batches and requests served and recent p50/p99
+        batch latency (dynamic beam serving)."""
+        return {"beam_schedules": self.beam_controller.stats()}
+
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, requests: Sequence[Request], config: DecodeConfig | None = None,
-                 catalog: Catalog | None = None) -> list[Slate]:
-        """Serve a batch of requests; returns one ``Slate`` per request, in order. ``catalog``
-        serves this batch against another catalog than the engine's (what-if evaluation)."""
+                 catalog: Catalog | None = None, queue_depth: int = 0) -> list[Slate]:
+        """Serve a batch of requests; returns one ``Slate`` per request, in order.
+
+        ``catalog`` serves this batch against another catalog than the engine's (what-if
+        evaluation). ``queue_depth`` (requests waiting behind this batch) drives dynamic beam
+        serving when the config has ``fallback_beams`` or a ``latency_target_ms``."""
         config = config or self.default_config
         catalog, tensors = self._current(catalog)
+        schedule = self.beam_controller.choose(config, len(requests), queue_depth)
+        if schedule != config.beams:
+            config = dataclasses.replace(config, beams=schedule)
         config.beam_schedule(self.config.levels)
         if config.num_slots > self.config.decoder.max_slots:
             raise ConfigError("num_slots", f"is {config.num_slots}", f"at most {self.config.decoder.max_slots} (the model's max_slots)")
@@ -143,6 +156,7 @@ class Engine:
             )
             built = _build_slates(out, catalog, config, [_rid(requests[i], i) for i in served])
         latency = timer.ms
+        self.beam_controller.record(schedule, len(served), latency["total"])
         served_slates = iter(built)
         slates: list[Slate] = []
         for i, request in enumerate(requests):

@@ -46,7 +46,10 @@ class DecodeConfig:
     min_gap : at least this many non-ad slots between two ads (lists mode); 0 = adjacent allowed.
     forbidden_ad_slots : slot indices where no ad may go (lists mode).
     num_candidates : how many of the other candidates each slate reports (with scores).
-    backend : kernel backend of the beam step, ``"auto" | "torch" | "triton" | "cuda"``.
+    backend : kernel backend of the beam step and attention, ``"auto" | "torch" | "triton" | "cuda"``.
+    fallback_beams : narrower beam schedules, widest first, that the engine's load-aware
+        controller may serve instead of ``beams`` under load (dynamic beam serving).
+    latency_target_ms : the batch latency the controller keeps p99 under (with fallbacks).
     """
 
     mode: Literal["candidates", "lists"] = "lists"
@@ -61,6 +64,8 @@ class DecodeConfig:
     choose_creatives: bool = True
     num_candidates: int = 8
     backend: str = "auto"
+    fallback_beams: tuple[tuple[int, ...], ...] = ()
+    latency_target_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -95,6 +100,19 @@ class DecodeConfig:
             raise ConfigError("list_score", f"is {type(self.list_score).__name__}", "a ListScore")
         if self.backend not in BACKENDS:
             raise ConfigError("backend", f"is {self.backend!r}", f"one of {BACKENDS}")
+        object.__setattr__(self, "fallback_beams", tuple(tuple(b) for b in self.fallback_beams))
+        for i, schedule in enumerate(self.fallback_beams):
+            if not schedule:
+                raise ConfigError(f"fallback_beams[{i}]", "is empty", "a tuple of positive ints")
+            for j, width in enumerate(schedule):
+                _positive_int(f"fallback_beams[{i}][{j}]", width)
+        target = self.latency_target_ms
+        if target is not None and (not isinstance(target, (int, float)) or not 0 < target < float("inf")):
+            raise ConfigError("latency_target_ms", f"is {target!r}", "None or a positive number of milliseconds")
+
+    def schedules(self) -> tuple[tuple[int, ...], ...]:
+        """The beam schedules the controller chooses among: ``beams`` first, then the fallbacks."""
+        return (self.beams,) + self.fallback_beams
 
     def beam_schedule(self, levels: int) -> tuple[int, ...]:
         """Beam width after each SID level of one item (validated against the model's levels)."""
