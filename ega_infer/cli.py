@@ -1,5 +1,5 @@
-"""Command line: ``ega-infer demo`` (the main job on the embedded default), ``eval``, ``info``
-and ``train``."""
+"""Command line: ``ega-infer demo`` (the main job on the embedded default), ``eval``, ``bench``,
+``info`` and ``train``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--ascent-steps", type=int, default=30, help="gradient-ascent steps of the misreport search")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     ev.add_argument("--json", action="store_true")
+    bench = sub.add_parser("bench", help="end-to-end latency at batch 1 and throughput, per stage, JSON and a PNG plot")
+    bench.add_argument("--preset", default="tiny")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
+    bench.add_argument("--mode", default=None, choices=("lists", "candidates"))
+    bench.add_argument("--items", type=int, default=2000, help="synthetic catalog size")
+    bench.add_argument("--batches", default="8,16,32,64,128,256", help="comma-separated batch sizes")
+    bench.add_argument("--iters", type=int, default=3, help="timed batches per batch size")
+    bench.add_argument("--batch1-iters", type=int, default=20)
+    bench.add_argument("--out", default=None, help="JSON path (default bench/results/e2e_<preset>_<device>_<time>.json)")
+    bench.add_argument("--plot", default=None, help="PNG path (default: beside the JSON)")
     info = sub.add_parser("info", help="what was built: backends, CUDA architectures, versions, GPU")
     info.add_argument("--json", action="store_true")
     train = sub.add_parser("train", help="train the tiny preset on the synthetic world (the embedded default)")
@@ -41,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "bench":
+        return _bench(args)
     return _info(args)
 
 
@@ -128,6 +141,30 @@ def _eval(args: argparse.Namespace) -> int:
           f"RPM and CTR under the world's true click model, Psi = mean summed relative ex-post regret\n")
     print(format_table(table))
     print(f"\n({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from .exceptions import ConfigError
+    from .serving.bench import BenchConfig, plot_bench, run_bench
+
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        raise ConfigError("--batches", f"is {args.batches!r}", "comma-separated integers") from None
+    config = BenchConfig(preset=args.preset, device=args.device, dtype=args.dtype, mode=args.mode, n_items=args.items,
+                         batches=batches, iters=args.iters, batch1_iters=args.batch1_iters)
+    result = run_bench(config)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out or f"bench/results/e2e_{args.preset}_{args.device.split(':')[0]}_{stamp}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    drawn = plot_bench(result, plot)
+    print(f"wrote {out}" + (f" and {plot}" if drawn else " (no plot: matplotlib is not installed)"))
     return 0
 
 

@@ -47,3 +47,16 @@ def test_eval_prints_the_mechanism_table(capsys):
     table = json.loads(capsys.readouterr().out)
     assert table["engine slates, VCG"]["psi"] < 1e-6
     assert "psi_redecode" in table["engine + payment network"]
+
+
+def test_bench_writes_json_with_latency_and_throughput(tmp_path, capsys):
+    out = tmp_path / "e2e.json"
+    args = ["bench", "--batches", "2,3", "--iters", "1", "--batch1-iters", "2", "--items", "300", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    engine = result["paths"]["engine"]
+    assert engine["batch1"]["p99_ms"] >= engine["batch1"]["p50_ms"] > 0
+    assert {"encode", "decode", "reward", "payment", "total"} <= set(engine["batch1"]["stages_ms"])
+    assert [row["batch"] for row in engine["throughput"]] == [2, 3]
+    assert all(row["requests_per_s"] > 0 for row in engine["throughput"])
+    assert result["preset"] == "tiny" and result["device"].startswith("cpu")
