@@ -27,13 +27,15 @@ from .post import choose_creatives, network_pricing, score_lists
 from .presets import PRESETS, get_preset
 from .request import PreparedRequest, Request, collate, prepare_request
 from .serving.controller import BeamController
+from .serving.graphs import DecodeGraphs
 from .slate import Candidate, Slate, SlotResult
 
 __all__ = ["Engine", "ServedBatch"]
 
 
 class Engine:
-    def __init__(self, model: GenerativeAdModel, device: str | torch.device = "cpu", default_config: DecodeConfig | None = None) -> None:
+    def __init__(self, model: GenerativeAdModel, device: str | torch.device = "cpu",
+                 default_config: DecodeConfig | None = None, cuda_graphs: bool = True) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
@@ -42,6 +44,10 @@ class Engine:
         self._catalog_tensors: dict[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
         self.beam_controller = BeamController()
+        # decode-stage CUDA graphs (kernel backends on a GPU); None elsewhere
+        self.decode_graphs = (DecodeGraphs(self.model.decoder, 1 + self.config.encoder.max_history)
+                              if cuda_graphs and self.device.type == "cuda" else None)
+        self._graph_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -49,10 +55,12 @@ class Engine:
         path_or_preset: str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        cuda_graphs: bool = True,
     ) -> Engine:
         """A preset name (``tiny``, ``ega-base``, ``gr4ad-base``) or a directory written by
         ``GenerativeAdModel.save_pretrained``. ``tiny`` loads its shipped trained weights; the
-        other presets start from deterministic random weights (seeded)."""
+        other presets start from deterministic random weights (seeded). ``cuda_graphs``: capture
+        the decode stage in CUDA graphs on a GPU (see ``serving/graphs.py``)."""
         if str(path_or_preset) in PRESETS:
             preset = get_preset(str(path_or_preset))
             if preset.weights_dir is not None:
@@ -65,7 +73,7 @@ class Engine:
             default = None
         if dtype is not None:
             model = model.to(dtype)
-        return cls(model, device, default)
+        return cls(model, device, default, cuda_graphs)
 
     # -- catalog -----------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -185,7 +193,14 @@ class Engine:
             ctx = self.model.decoder.context(memory, mask)
         with timer("decode"):
             trie = catalog.device_trie(self.device)
-            beams = beam_search(self.model.decoder, ctx, trie, tensors["is_ad"], config, organic)
+            graphs = self.decode_graphs
+            if graphs is not None and graphs.supports(len(prepared), config, self.device):
+                with self._graph_lock:  # the graphs' static buffers serve one batch at a time
+                    beams = graphs.run(ctx, trie, tensors["is_ad"], config, organic)
+                    beams = BeamResult(*(t.clone() for t in (beams.scores, beams.items, beams.poi_codes,
+                                                              beams.log_alloc, beams.hidden)))
+            else:
+                beams = beam_search(self.model.decoder, ctx, trie, tensors["is_ad"], config, organic)
             lists = _candidate_lists(beams, config)
         with timer("creative"):
             creative_rows = torch.full_like(lists.items, -1)
