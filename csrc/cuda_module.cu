@@ -4,7 +4,8 @@
 // objects, so the module does not depend on torch's C++ ABI. cudart is linked statically.
 // Host code only: CMake compiles this file with the C++ compiler, since nvcc would parse the
 // pybind11 headers once per GPU architecture (about twice the build time on a 2-core machine).
-// The kernels, and the __CUDA_ARCH_LIST__ they were built for, live in trie_log_softmax.cu.
+// The kernels live in trie_log_softmax.cu (with the __CUDA_ARCH_LIST__ they were built for) and
+// beam_step.cu.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "beam_step.cuh"
 #include "trie_log_softmax.cuh"
 
 namespace py = pybind11;
@@ -48,6 +50,25 @@ void trie_log_softmax(uintptr_t logits_ptr, const std::string& logits_dtype,
       as_ptr<float>(out_ptr), rows, vocab, alpha, beta, reinterpret_cast<cudaStream_t>(stream));
 }
 
+void beam_step(uintptr_t logits_ptr, const std::string& logits_dtype, int64_t logits_row_stride,
+               uintptr_t beam_scores_ptr, uintptr_t row_node_ptr, uintptr_t child_ptr_ptr,
+               uintptr_t child_code_ptr, uintptr_t child_max_bid_ptr, uintptr_t allowed_ptr,
+               int64_t requests, int64_t beams, int64_t vocab, int64_t k, float alpha, float beta,
+               uintptr_t workspace_ptr, int64_t workspace_bytes, uintptr_t score_ptr,
+               uintptr_t parent_ptr, uintptr_t token_ptr, uintptr_t child_ptr_out,
+               uintptr_t logp_ptr, uintptr_t stream) {
+  const ega_infer::LogitsDtype dtype = parse_dtype(logits_dtype);
+  py::gil_scoped_release release;
+  ega_infer::launch_beam_step(
+      as_ptr<const void>(logits_ptr), dtype, logits_row_stride, as_ptr<const float>(beam_scores_ptr),
+      as_ptr<const int64_t>(row_node_ptr), as_ptr<const int64_t>(child_ptr_ptr),
+      as_ptr<const int32_t>(child_code_ptr), as_ptr<const float>(child_max_bid_ptr),
+      as_ptr<const uint8_t>(allowed_ptr), requests, beams, vocab, k, alpha, beta,
+      as_ptr<void>(workspace_ptr), workspace_bytes, as_ptr<float>(score_ptr),
+      as_ptr<int64_t>(parent_ptr), as_ptr<int64_t>(token_ptr), as_ptr<int64_t>(child_ptr_out),
+      as_ptr<float>(logp_ptr), reinterpret_cast<cudaStream_t>(stream));
+}
+
 int driver_version() {
   int version = 0;
   if (cudaDriverGetVersion(&version) != cudaSuccess) return 0;
@@ -66,6 +87,21 @@ PYBIND11_MODULE(_cuda, m) {
         "Launch the trie log-softmax kernel. Pointers: logits [rows, vocab] (row stride given), "
         "row_node int64 [rows], child_ptr int64, child_code int32, child_max_bid float32, "
         "allowed uint8 [rows, vocab] or 0, out float32 [rows, vocab]; stream: a cudaStream_t.");
+  m.def("beam_step_workspace_bytes", &ega_infer::beam_step_workspace_bytes, py::arg("requests"),
+        py::arg("beams"), py::arg("vocab"), py::arg("k"),
+        "Bytes of device workspace beam_step needs for [requests * beams, vocab] logits and k "
+        "beams kept per request (ValueError when a size is < 1 or beams * vocab >= 2^32).");
+  m.def("beam_step", &beam_step, py::arg("logits_ptr"), py::arg("logits_dtype"),
+        py::arg("logits_row_stride"), py::arg("beam_scores_ptr"), py::arg("row_node_ptr"),
+        py::arg("child_ptr_ptr"), py::arg("child_code_ptr"), py::arg("child_max_bid_ptr"),
+        py::arg("allowed_ptr"), py::arg("requests"), py::arg("beams"), py::arg("vocab"),
+        py::arg("k"), py::arg("alpha"), py::arg("beta"), py::arg("workspace_ptr"),
+        py::arg("workspace_bytes"), py::arg("score_ptr"), py::arg("parent_ptr"),
+        py::arg("token_ptr"), py::arg("child_out_ptr"), py::arg("logp_ptr"), py::arg("stream"),
+        "Launch the fused beam step (two kernels). Pointers: logits [N*P, V] (row stride given), "
+        "beam_scores float32 [N, P], row_node int64 [N*P], child_ptr int64, child_code int32, "
+        "child_max_bid float32, allowed uint8 [N*P, V] or 0, workspace (beam_step_workspace_bytes, "
+        "256-byte aligned); outputs [N, k]: score, logp float32, parent, token, child int64.");
   m.def("compiled_archs", &ega_infer::compiled_cuda_archs,
         "CUDA architectures compiled in, from nvcc's __CUDA_ARCH_LIST__ (e.g. [800, 900]).");
   m.def("cuda_runtime_version", []() { return CUDART_VERSION; },

@@ -18,6 +18,7 @@ import torch
 from .exceptions import BackendUnavailableError, FieldError
 
 __all__ = [
+    "beam_step_cuda",
     "c_module",
     "cuda_module",
     "cuda_module_or_none",
@@ -199,3 +200,117 @@ def trie_log_softmax_cuda(
             stream=stream,
         )
     return out
+
+
+def beam_step_cuda(
+    logits: torch.Tensor,
+    beam_scores: torch.Tensor,
+    row_node: torch.Tensor,
+    child_ptr: torch.Tensor,
+    child_code: torch.Tensor,
+    child_max_bid: torch.Tensor,
+    *,
+    k: int,
+    alpha: float = 0.0,
+    beta: float = 0.0,
+    allowed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CUDA C++ backend of :func:`ega_infer.ops.beam_step.beam_step` (two kernel launches).
+
+    ``logits [N*P, V]`` (row r = request r // P, beam r % P), ``beam_scores [N, P]`` float32,
+    ``row_node [N*P]``, the CSR child arrays of the next depth, optional ``allowed [N*P, V]`` bool.
+    Returns ``(scores, parent, token, child, logp)``, each ``[N, k]``: the top-``k`` of
+    ``beam_scores[n, p] + trie_log_softmax(...)[n*P + p, c]`` per request, ordered by score
+    descending, then parent, then token (a stable sort of the flattened scores). Entries past
+    the finite candidates are score -inf, parent 0, token 0, child -1, logp -inf. Needs
+    ``P * V < 2**32`` and children of a node sorted by code (the trie invariant).
+    """
+    module = cuda_module()
+    device = logits.device
+    if device.type != "cuda":
+        raise FieldError("logits", f"is on {device}", "a CUDA tensor for backend 'cuda'")
+    tensors = {"beam_scores": beam_scores, "row_node": row_node, "child_ptr": child_ptr,
+               "child_code": child_code, "child_max_bid": child_max_bid}
+    if allowed is not None:
+        tensors["allowed"] = allowed
+    for name, t in tensors.items():
+        if t.device != device:
+            raise FieldError(name, f"is on {t.device}", f"the logits device {device}")
+    if logits.dim() != 2:
+        raise FieldError("logits", f"has shape {tuple(logits.shape)}", "[requests * beams, vocab]")
+    if logits.dtype not in _LOGITS_DTYPES:
+        raise FieldError("logits", f"has dtype {logits.dtype}", "float32, bfloat16 or float16")
+    rows, vocab = logits.shape
+    if beam_scores.dim() != 2 or beam_scores.dtype != torch.float32:
+        raise FieldError("beam_scores",
+                         f"has shape {tuple(beam_scores.shape)} dtype {beam_scores.dtype}",
+                         "float32 [requests, beams]")
+    requests, beams = beam_scores.shape
+    if requests * beams != rows:
+        raise FieldError("beam_scores", f"has shape {tuple(beam_scores.shape)}",
+                         f"[requests, beams] with requests * beams = {rows} (the logits rows)")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise FieldError("k", f"is {k!r}", "an int >= 1")
+    if beams * vocab >= 2**32:
+        raise FieldError("logits", f"has beams * vocab = {beams} * {vocab}", "< 2**32")
+    _check_vector("row_node", row_node, (torch.int32, torch.int64))
+    _check_vector("child_ptr", child_ptr, (torch.int32, torch.int64))
+    _check_vector("child_code", child_code, (torch.int32, torch.int64))
+    _check_vector("child_max_bid", child_max_bid, (torch.float32,))
+    if row_node.shape[0] != rows:
+        raise FieldError("row_node", f"has {row_node.shape[0]} entries", f"{rows} (one per row)")
+    if child_code.shape != child_max_bid.shape:
+        raise FieldError("child_max_bid", f"has shape {tuple(child_max_bid.shape)}",
+                         f"{tuple(child_code.shape)} like child_code")
+    if allowed is not None:
+        if allowed.shape != logits.shape or allowed.dtype != torch.bool:
+            raise FieldError("allowed", f"has shape {tuple(allowed.shape)} dtype {allowed.dtype}",
+                             f"bool {tuple(logits.shape)}")
+        allowed = allowed.contiguous()
+
+    if rows == 0 or vocab == 0:  # no candidate at all: every entry is a missing one
+        neg_inf = torch.full((requests, k), float("-inf"), dtype=torch.float32, device=device)
+        zeros = torch.zeros((requests, k), dtype=torch.int64, device=device)
+        return neg_inf, zeros, zeros.clone(), torch.full_like(zeros, -1), neg_inf.clone()
+    scores = torch.empty((requests, k), dtype=torch.float32, device=device)
+    parent = torch.empty((requests, k), dtype=torch.int64, device=device)
+    token = torch.empty((requests, k), dtype=torch.int64, device=device)
+    child = torch.empty((requests, k), dtype=torch.int64, device=device)
+    logp = torch.empty((requests, k), dtype=torch.float32, device=device)
+
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    beam_scores = beam_scores.contiguous()
+    row_node = row_node.to(torch.int64)
+    child_ptr = child_ptr.to(torch.int64)
+    child_code = child_code.to(torch.int32)
+    workspace_bytes = int(module.beam_step_workspace_bytes(requests, beams, vocab, k))
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        module.beam_step(
+            logits_ptr=logits.data_ptr(),
+            logits_dtype=_LOGITS_DTYPES[logits.dtype],
+            logits_row_stride=logits.stride(0),
+            beam_scores_ptr=beam_scores.data_ptr(),
+            row_node_ptr=row_node.data_ptr(),
+            child_ptr_ptr=child_ptr.data_ptr(),
+            child_code_ptr=child_code.data_ptr(),
+            child_max_bid_ptr=child_max_bid.data_ptr(),
+            allowed_ptr=allowed.data_ptr() if allowed is not None else 0,
+            requests=requests,
+            beams=beams,
+            vocab=vocab,
+            k=k,
+            alpha=float(alpha),
+            beta=float(beta),
+            workspace_ptr=workspace.data_ptr(),
+            workspace_bytes=workspace_bytes,
+            score_ptr=scores.data_ptr(),
+            parent_ptr=parent.data_ptr(),
+            token_ptr=token.data_ptr(),
+            child_out_ptr=child.data_ptr(),
+            logp_ptr=logp.data_ptr(),
+            stream=stream,
+        )
+    return scores, parent, token, child, logp
