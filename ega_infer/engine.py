@@ -23,6 +23,7 @@ from .catalog import Catalog
 from .decoding import BeamResult, DecodeConfig, ListScore, beam_search
 from .exceptions import CatalogError, ConfigError, RequestError
 from .model import GenerativeAdModel
+from .model.fp8 import quantize_fp8
 from .post import choose_creatives, network_pricing, score_lists
 from .presets import PRESETS, get_preset
 from .request import PreparedRequest, Request, collate, prepare_request
@@ -56,11 +57,13 @@ class Engine:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         cuda_graphs: bool = True,
+        fp8: bool = False,
     ) -> Engine:
         """A preset name (``tiny``, ``ega-base``, ``gr4ad-base``) or a directory written by
         ``GenerativeAdModel.save_pretrained``. ``tiny`` loads its shipped trained weights; the
         other presets start from deterministic random weights (seeded). ``cuda_graphs``: capture
-        the decode stage in CUDA graphs on a GPU (see ``serving/graphs.py``)."""
+        the decode stage in CUDA graphs on a GPU (see ``serving/graphs.py``). ``fp8``: FP8 weights
+        with per-channel scales for the sequence model's matrix products (``model/fp8.py``)."""
         if str(path_or_preset) in PRESETS:
             preset = get_preset(str(path_or_preset))
             if preset.weights_dir is not None:
@@ -73,6 +76,8 @@ class Engine:
             default = None
         if dtype is not None:
             model = model.to(dtype)
+        if fp8:  # after the dtype cast, which would turn FP8 buffers back into dtype
+            quantize_fp8(model)
         return cls(model, device, default, cuda_graphs)
 
     # -- catalog -----------------------------------------------------------------------------
