@@ -169,7 +169,9 @@ def test_bad_inputs_name_the_field(case: dict, field: str) -> None:
 def test_auto_with_cuda_module_picks_triton(monkeypatch) -> None:
     # resolve_backend answers "cuda" for "auto" where ega_infer._cuda is built; this op has no
     # CUDA kernel, so it takes Triton (here: torch, as if triton were missing).
-    import ega_infer.ops.prefill_attention as module
+    import importlib
+
+    module = importlib.import_module("ega_infer.ops.prefill_attention")  # the package exports a function of that name
 
     case = make_case([3, 5], 2, 1, 16, device=torch.device("cpu"))
     monkeypatch.setattr(module, "resolve_backend", lambda backend, device, op: "cuda")
