@@ -46,7 +46,7 @@ class Engine:
         self._lock = threading.Lock()
         self.beam_controller = BeamController()
         # decode-stage CUDA graphs (kernel backends on a GPU); None elsewhere
-        self.decode_graphs = (DecodeGraphs(self.model.decoder, 1 + self.config.encoder.max_history)
+        self.decode_graphs = (DecodeGraphs(1 + self.config.encoder.max_history)
                               if cuda_graphs and self.device.type == "cuda" else None)
         self._graph_lock = threading.Lock()
 
@@ -195,17 +195,22 @@ class Engine:
         with timer("encode"):
             history, organic = collate(prepared, self.device)
             memory, mask = self.model.encoder(history, config.backend)
-            ctx = self.model.decoder.context(memory, mask)
+        trie = catalog.device_trie(self.device)
+        graphs = self.decode_graphs
+        if graphs is None or not graphs.supports(len(prepared), config, self.device):
+            return self._after_encode(memory, mask, organic, config, trie, tensors, timer)
+        # one captured graph from the decode loop to the payments; its stages are not timed apart
+        with timer("decode to payment (CUDA graph)"), self._graph_lock:  # static buffers: one batch at a time
+            fields = graphs.run(memory, mask, organic, config, trie, lambda m, k, o: _fields(
+                self._after_encode(m, k, o, config, trie, tensors, _NO_TIMER)))
+            return ServedBatch(**{name: t.clone() for name, t in fields.items()})
+
+    def _after_encode(self, memory, mask, organic, config: DecodeConfig, trie, tensors, timer) -> ServedBatch:
+        """Decode, creatives, reward, payments: fixed shapes and no host synchronisation, so the
+        whole stage can be captured in one CUDA graph."""
         with timer("decode"):
-            trie = catalog.device_trie(self.device)
-            graphs = self.decode_graphs
-            if graphs is not None and graphs.supports(len(prepared), config, self.device):
-                with self._graph_lock:  # the graphs' static buffers serve one batch at a time
-                    beams = graphs.run(ctx, trie, tensors["is_ad"], config, organic)
-                    beams = BeamResult(*(t.clone() for t in (beams.scores, beams.items, beams.poi_codes,
-                                                              beams.log_alloc, beams.hidden)))
-            else:
-                beams = beam_search(self.model.decoder, ctx, trie, tensors["is_ad"], config, organic)
+            ctx = self.model.decoder.context(memory, mask)
+            beams = beam_search(self.model.decoder, ctx, trie, tensors["is_ad"], config, organic)
             lists = _candidate_lists(beams, config)
         with timer("creative"):
             creative_rows = torch.full_like(lists.items, -1)
@@ -236,6 +241,7 @@ class Engine:
         with timer("payment"):
             batch.payment = network_pricing(self.model.payment)(batch.candidate_lists(config.list_score), batch.winner)
         return batch
+
 
 @dataclass
 class ServedBatch:
@@ -285,6 +291,19 @@ def _candidate_lists(beams: BeamResult, config: DecodeConfig) -> _Lists:
         items[:, None], beams.poi_codes[:, None, :k, 0], beams.hidden[:, None, :k, 0],
         log_alloc[:, None], alive[:, :1].any(1, keepdim=True),
     )
+
+
+def _fields(batch: ServedBatch) -> dict[str, torch.Tensor]:
+    return {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+
+
+class _NoTimer:
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        yield
+
+
+_NO_TIMER = _NoTimer()
 
 
 def _to_numpy(**tensors: torch.Tensor) -> dict[str, np.ndarray]:
