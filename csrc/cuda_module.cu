@@ -4,8 +4,8 @@
 // objects, so the module does not depend on torch's C++ ABI. cudart is linked statically.
 // Host code only: CMake compiles this file with the C++ compiler, since nvcc would parse the
 // pybind11 headers once per GPU architecture (about twice the build time on a 2-core machine).
-// The kernels live in trie_log_softmax.cu (with the __CUDA_ARCH_LIST__ they were built for) and
-// beam_step.cu.
+// The kernels live in trie_log_softmax.cu (with the __CUDA_ARCH_LIST__ they were built for),
+// beam_step.cu and decode_attention.cu.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "beam_step.cuh"
+#include "decode_attention.cuh"
 #include "trie_log_softmax.cuh"
 
 namespace py = pybind11;
@@ -69,6 +70,64 @@ void beam_step(uintptr_t logits_ptr, const std::string& logits_dtype, int64_t lo
       as_ptr<float>(logp_ptr), reinterpret_cast<cudaStream_t>(stream));
 }
 
+// [N, P, Hq, Hkv, S, T, D] from Python.
+ega_infer::DecodeAttentionShape attention_shape(const std::vector<int64_t>& shape) {
+  if (shape.size() != 7) {
+    throw std::invalid_argument("decode_attention: shape has " + std::to_string(shape.size()) +
+                                " entries; expected 7 (N, P, Hq, Hkv, S, T, D)");
+  }
+  for (const int64_t v : shape) {
+    if (v < 0) throw std::invalid_argument("decode_attention: shape entries must be >= 0");
+  }
+  if (shape[3] < 1) throw std::invalid_argument("decode_attention: Hkv must be >= 1");
+  return {shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6]};
+}
+
+template <size_t N>
+void copy_strides(const char* name, const std::vector<int64_t>& from, int64_t (&to)[N]) {
+  if (from.size() != N) {
+    throw std::invalid_argument(std::string("decode_attention: ") + name + " has " +
+                                std::to_string(from.size()) + " strides; expected " + std::to_string(N));
+  }
+  for (size_t i = 0; i < N; ++i) to[i] = from[i];
+}
+
+int64_t decode_attention_workspace_bytes(const std::string& dtype, const std::vector<int64_t>& shape,
+                                         int num_sms, int64_t num_splits) {
+  return ega_infer::plan_decode_attention(parse_dtype(dtype), attention_shape(shape), false, num_sms,
+                                          num_splits)
+      .workspace_bytes;
+}
+
+void decode_attention(uintptr_t q_ptr, uintptr_t ctx_k_ptr, uintptr_t ctx_v_ptr,
+                      uintptr_t ctx_len_ptr, bool ctx_len_int64, uintptr_t own_k_ptr,
+                      uintptr_t own_v_ptr, uintptr_t out_ptr, const std::string& dtype,
+                      const std::vector<int64_t>& shape, const std::vector<int64_t>& q_stride,
+                      const std::vector<int64_t>& ctx_k_stride, const std::vector<int64_t>& ctx_v_stride,
+                      const std::vector<int64_t>& own_k_stride, const std::vector<int64_t>& own_v_stride,
+                      float scale, int num_sms, int64_t num_splits, uintptr_t workspace_ptr,
+                      int64_t workspace_bytes, uintptr_t stream) {
+  const ega_infer::LogitsDtype code = parse_dtype(dtype);
+  const ega_infer::DecodeAttentionShape s = attention_shape(shape);
+  ega_infer::DecodeAttentionTensors t{};
+  t.q = as_ptr<const void>(q_ptr);
+  t.ctx_k = as_ptr<const void>(ctx_k_ptr);
+  t.ctx_v = as_ptr<const void>(ctx_v_ptr);
+  t.ctx_len = as_ptr<const void>(ctx_len_ptr);
+  t.own_k = as_ptr<const void>(own_k_ptr);
+  t.own_v = as_ptr<const void>(own_v_ptr);
+  t.ctx_len_int64 = ctx_len_int64;
+  copy_strides("q", q_stride, t.q_stride);
+  copy_strides("ctx_k", ctx_k_stride, t.ctx_k_stride);
+  copy_strides("ctx_v", ctx_v_stride, t.ctx_v_stride);
+  copy_strides("own_k", own_k_stride, t.own_k_stride);
+  copy_strides("own_v", own_v_stride, t.own_v_stride);
+  py::gil_scoped_release release;
+  ega_infer::launch_decode_attention(code, s, t, as_ptr<void>(out_ptr), scale, num_sms, num_splits,
+                                     as_ptr<void>(workspace_ptr), workspace_bytes,
+                                     reinterpret_cast<cudaStream_t>(stream));
+}
+
 int driver_version() {
   int version = 0;
   if (cudaDriverGetVersion(&version) != cudaSuccess) return 0;
@@ -102,6 +161,21 @@ PYBIND11_MODULE(_cuda, m) {
         "beam_scores float32 [N, P], row_node int64 [N*P], child_ptr int64, child_code int32, "
         "child_max_bid float32, allowed uint8 [N*P, V] or 0, workspace (beam_step_workspace_bytes, "
         "256-byte aligned); outputs [N, k]: score, logp float32, parent, token, child int64.");
+  m.def("decode_attention_workspace_bytes", &decode_attention_workspace_bytes, py::arg("dtype"),
+        py::arg("shape"), py::arg("num_sms"), py::arg("num_splits"),
+        "Bytes of float32 split-K partials decode_attention needs for shape [N, P, Hq, Hkv, S, T, D] "
+        "(0 when it runs unsplit); num_splits: 0 = choose from num_sms, > 0 = force.");
+  m.def("decode_attention", &decode_attention, py::arg("q_ptr"), py::arg("ctx_k_ptr"),
+        py::arg("ctx_v_ptr"), py::arg("ctx_len_ptr"), py::arg("ctx_len_int64"), py::arg("own_k_ptr"),
+        py::arg("own_v_ptr"), py::arg("out_ptr"), py::arg("dtype"), py::arg("shape"),
+        py::arg("q_stride"), py::arg("ctx_k_stride"), py::arg("ctx_v_stride"),
+        py::arg("own_k_stride"), py::arg("own_v_stride"), py::arg("scale"), py::arg("num_sms"),
+        py::arg("num_splits"), py::arg("workspace_ptr"), py::arg("workspace_bytes"),
+        py::arg("stream"),
+        "Launch decode attention (one kernel, plus a merge kernel when split). Pointers: q "
+        "[N, P, Hq, D], ctx_k/ctx_v [N, Hkv, S, D], ctx_len int32/int64 [N], own_k/own_v "
+        "[N, P, Hkv, T, D] or 0 when T = 0, all with element strides; out contiguous [N, P, Hq, D] "
+        "in dtype; workspace: decode_attention_workspace_bytes, 16-byte aligned.");
   m.def("compiled_archs", &ega_infer::compiled_cuda_archs,
         "CUDA architectures compiled in, from nvcc's __CUDA_ARCH_LIST__ (e.g. [800, 900]).");
   m.def("cuda_runtime_version", []() { return CUDART_VERSION; },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from types import ModuleType
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "c_module",
     "cuda_module",
     "cuda_module_or_none",
+    "decode_attention_cuda",
     "native_info",
     "trie_log_softmax_cuda",
 ]
@@ -314,3 +316,142 @@ def beam_step_cuda(
             stream=stream,
         )
     return scores, parent, token, child, logp
+
+
+_ATTENTION_MAX_HEAD_DIM = 256  # csrc/decode_attention.cuh: kDecodeAttentionMaxHeadDim
+_ATTENTION_MMA_MAX_HEAD_DIM = 128
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _mma_layout(t: torch.Tensor, *, context: bool) -> bool:
+    """Whether ``t``'s layout lets the tensor-core path run: unit stride along D, and for the
+    context also 16-byte rows (other strides multiples of 8 elements, 16-byte aligned base)."""
+    if t.stride(-1) != 1:
+        return False
+    return not context or (all(st % 8 == 0 for st in t.stride()[:-1]) and t.data_ptr() % 16 == 0)
+
+
+def decode_attention_cuda(
+    q: torch.Tensor,
+    ctx_k: torch.Tensor,
+    ctx_v: torch.Tensor,
+    ctx_len: torch.Tensor,
+    own_k: torch.Tensor | None = None,
+    own_v: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """CUDA C++ backend of :func:`ega_infer.ops.decode_attention.decode_attention`.
+
+    Same arguments and result as ``decode_attention_torch`` (a new contiguous ``[N, P, Hq, D]``
+    tensor in q's dtype); every tensor on one CUDA device, head dims up to 256. Strided views are
+    read in place, except that for bf16/fp16 with ``D % 16 == 0`` and ``D <= 128`` (the
+    tensor-core kernel) a tensor whose layout would keep that kernel from running is copied with
+    ``.contiguous()`` first: q / own_k / own_v without unit stride along D, and ctx_k / ctx_v
+    without unit stride along D, 8-element-multiple strides and a 16-byte aligned start.
+    ``num_splits`` forces the number of context splits (tests; default: chosen per shape).
+    """
+    module = cuda_module()
+    device = q.device
+    if device.type != "cuda":
+        raise FieldError("q", f"is on {device}", "a CUDA tensor for backend 'cuda'")
+    if q.dim() != 4:
+        raise FieldError("q", f"has shape {tuple(q.shape)}", "[N, P, Hq, D]")
+    if q.dtype not in _LOGITS_DTYPES:
+        raise FieldError("q", f"has dtype {q.dtype}", "float32, bfloat16 or float16")
+    n, p, hq, d = q.shape
+    if ctx_k.dim() != 4 or ctx_k.shape[0] != n or ctx_k.shape[3] != d:
+        raise FieldError("ctx_k", f"has shape {tuple(ctx_k.shape)}", f"[{n}, Hkv, S, {d}]")
+    hkv, s = ctx_k.shape[1], ctx_k.shape[2]
+    if hkv == 0 or hq % hkv != 0:
+        raise FieldError("ctx_k", f"has {hkv} key/value heads for {hq} query heads",
+                         "Hkv >= 1 dividing Hq")
+    if ctx_v.shape != ctx_k.shape:
+        raise FieldError("ctx_v", f"has shape {tuple(ctx_v.shape)}", f"{tuple(ctx_k.shape)} like ctx_k")
+    if ctx_len.shape != (n,) or ctx_len.dtype not in (torch.int32, torch.int64):
+        raise FieldError("ctx_len", f"has shape {tuple(ctx_len.shape)} dtype {ctx_len.dtype}",
+                         f"int32 or int64 [{n}]")
+    if (own_k is None) != (own_v is None):
+        raise FieldError("own_k/own_v", "only one of them is given", "both or neither")
+    tensors = {"ctx_k": ctx_k, "ctx_v": ctx_v, "ctx_len": ctx_len}
+    if own_k is not None:
+        if own_k.dim() != 5 or own_k.shape[:3] != (n, p, hkv) or own_k.shape[4] != d:
+            raise FieldError("own_k", f"has shape {tuple(own_k.shape)}", f"[{n}, {p}, {hkv}, T, {d}]")
+        if own_v.shape != own_k.shape:
+            raise FieldError("own_v", f"has shape {tuple(own_v.shape)}", f"{tuple(own_k.shape)} like own_k")
+        tensors.update(own_k=own_k, own_v=own_v)
+    for name, t in tensors.items():
+        if t.device != device:
+            raise FieldError(name, f"is on {t.device}", f"q's device {device}")
+        if name != "ctx_len" and t.dtype != q.dtype:
+            raise FieldError(name, f"has dtype {t.dtype}", f"q's dtype {q.dtype}")
+    if d > _ATTENTION_MAX_HEAD_DIM:
+        raise BackendUnavailableError(
+            f"decode_attention: the CUDA kernels take head dims up to {_ATTENTION_MAX_HEAD_DIM}, "
+            f"got {d}; use backend='torch'"
+        )
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
+                                   or num_splits < 1):
+        raise FieldError("num_splits", f"is {num_splits!r}", "None or an int >= 1")
+
+    out = torch.empty((n, p, hq, d), dtype=q.dtype, device=device)
+    if out.numel() == 0:
+        return out
+    t_len = own_k.shape[3] if own_k is not None else 0
+    if t_len == 0:
+        own_k = own_v = None
+    if q.dtype != torch.float32 and d % 16 == 0 and d <= _ATTENTION_MMA_MAX_HEAD_DIM:
+        # Copy only what would keep the tensor-core kernel from running (see the docstring).
+        if not _mma_layout(q, context=False):
+            q = q.contiguous()
+        if s > 0:
+            if not _mma_layout(ctx_k, context=True):
+                ctx_k = ctx_k.contiguous()
+            if not _mma_layout(ctx_v, context=True):
+                ctx_v = ctx_v.contiguous()
+        if own_k is not None:
+            if not _mma_layout(own_k, context=False):
+                own_k = own_k.contiguous()
+            if not _mma_layout(own_v, context=False):
+                own_v = own_v.contiguous()
+    ctx_len = ctx_len.contiguous()
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    dtype = _LOGITS_DTYPES[q.dtype]
+    shape = [n, p, hq, hkv, s, t_len, d]
+    num_sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    splits = 0 if num_splits is None else num_splits
+    workspace_bytes = int(module.decode_attention_workspace_bytes(dtype, shape, num_sms, splits))
+    workspace = (torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
+                 if workspace_bytes else None)
+    no_own = [0] * 5
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        module.decode_attention(
+            q_ptr=q.data_ptr(),
+            ctx_k_ptr=ctx_k.data_ptr(),
+            ctx_v_ptr=ctx_v.data_ptr(),
+            ctx_len_ptr=ctx_len.data_ptr(),
+            ctx_len_int64=ctx_len.dtype == torch.int64,
+            own_k_ptr=own_k.data_ptr() if own_k is not None else 0,
+            own_v_ptr=own_v.data_ptr() if own_v is not None else 0,
+            out_ptr=out.data_ptr(),
+            dtype=dtype,
+            shape=shape,
+            q_stride=list(q.stride()),
+            ctx_k_stride=list(ctx_k.stride()),
+            ctx_v_stride=list(ctx_v.stride()),
+            own_k_stride=list(own_k.stride()) if own_k is not None else no_own,
+            own_v_stride=list(own_v.stride()) if own_v is not None else no_own,
+            scale=scale,
+            num_sms=num_sms,
+            num_splits=splits,
+            workspace_ptr=workspace.data_ptr() if workspace is not None else 0,
+            workspace_bytes=workspace_bytes,
+            stream=stream,
+        )
+    return out

@@ -179,22 +179,6 @@ def test_unknown_backend_lists_choices() -> None:
         call(case, backend="numpy")
 
 
-def test_auto_without_cuda_twin_falls_back(monkeypatch) -> None:
-    # A GPU host whose _cuda module predates decode_attention_cuda: "auto" must not break.
-    import importlib
-
-    module = importlib.import_module("ega_infer.ops.decode_attention")  # the package exports a function of that name
-
-    if hasattr(_native, "decode_attention_cuda"):
-        pytest.skip("ega_infer._native has decode_attention_cuda")
-    case = make_case(*CASES[4], device=torch.device("cpu"))
-    monkeypatch.setattr(module, "resolve_backend", lambda backend, device, op: "cuda")
-    monkeypatch.setattr(module, "triton_available", lambda: False)
-    assert torch.equal(call(case, backend="auto"), call(case, backend="torch"))
-    with pytest.raises(BackendUnavailableError, match="no CUDA backend"):
-        call(case, backend="cuda")
-
-
 def test_cuda_backend_on_cpu_tensors_raises() -> None:
     case = make_case(*CASES[0], device=torch.device("cpu"))
     with pytest.raises(BackendUnavailableError, match="cuda"):
@@ -315,12 +299,87 @@ def test_triton_gpu_model_shapes(n, p, ctx_len, dtype, atol, rtol) -> None:
     assert_matches(call(case, backend="triton"), case, atol, rtol)
 
 
+needs_cuda_module = pytest.mark.skipif(
+    not hasattr(_native, "decode_attention_cuda") or _native.cuda_module_or_none() is None,
+    reason="ega_infer._cuda is not built (or has no decode_attention)")
+
+
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.skipif(not hasattr(_native, "decode_attention_cuda"),
-                    reason="ega_infer._native has no decode_attention_cuda yet")
+@needs_cuda_module
 @pytest.mark.parametrize(("dtype", "atol", "rtol"), DTYPES)
 @pytest.mark.parametrize("case_args", CASES, ids=CASE_IDS)
 def test_cuda_matches_reference(case_args, dtype, atol, rtol) -> None:
     case = make_case(*case_args, device=torch.device("cuda"), dtype=dtype)
     assert_matches(call(case, backend="cuda"), case, atol, rtol)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_cuda_module
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), DTYPES)
+@pytest.mark.parametrize(("n", "p", "ctx_len"), [(2, 64, [2048, 1500]), (1, 512, [2048]),
+                                                 (4, 4, [2048, 0, 77, 1024])])
+def test_cuda_gpu_model_shapes(n, p, ctx_len, dtype, atol, rtol) -> None:
+    # D = 128 (the 8-tile tensor-core kernel), 16/4 heads: 4 and 32 row blocks per (request, kv
+    # head); the 4-beam case has 16 CTAs, so the split-K heuristic and the merge kernel run.
+    case = make_case(n, p, 16, 4, 2048, 3, 128, ctx_len, device=torch.device("cuda"), dtype=dtype)
+    assert_matches(call(case, backend="cuda"), case, atol, rtol)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_cuda_module
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), DTYPES)
+@pytest.mark.parametrize(("case_args", "num_splits"), [
+    ((2, 5, 4, 1, 200, 3, 16, [200, 17]), 4),  # request 1: splits 2 and 3 are empty
+    ((2, 20, 4, 1, 130, 1, 64, [130, 65]), 2),  # 80 rows: two row blocks, split
+    ((1, 17, 8, 2, 40, 3, 128, [40]), 1),  # 68 rows, D 128
+    ((1, 3, 4, 4, 20, 1, 80, [20]), 1),  # D 80: 5 of the 8 head-dim tiles
+    ((1, 2, 2, 1, 12, 2, 200, [12]), 1),  # D 200: the scalar kernel's widest accumulator
+    ((2, 1, 2, 1, 130, 0, 16, [0, 100]), 2),  # no key at all for request 0
+])
+def test_cuda_split_k_row_blocks_head_dims(case_args, num_splits, dtype, atol, rtol) -> None:
+    case = make_case(*case_args, device=torch.device("cuda"), dtype=dtype)
+    got = _native.decode_attention_cuda(case["q"], case["ctx_k"], case["ctx_v"], case["ctx_len"],
+                                        case["own_k"], case["own_v"], num_splits=num_splits)
+    assert_matches(got, case, atol, rtol)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_cuda_module
+@pytest.mark.parametrize(("dtype", "atol", "rtol"), DTYPES)
+@pytest.mark.parametrize("pad", [3, 8])  # 3: odd strides (scalar kernel or a copy); 8: in place
+def test_cuda_strided_views_and_scale(pad, dtype, atol, rtol) -> None:
+    n, p, hq, hkv, s, t, d = 2, 3, 4, 2, 70, 2, 64
+    dev = torch.device("cuda")
+    case = {
+        "q": torch.randn(n, hq, p, d, device=dev, dtype=dtype).transpose(1, 2),
+        "ctx_k": torch.randn(n, hkv, s + 6, d, device=dev, dtype=dtype)[:, :, :s],
+        "ctx_v": torch.randn(n, s, hkv, d + pad, device=dev, dtype=dtype)[..., :d].transpose(1, 2),
+        "ctx_len": torch.tensor([70, 41], device=dev),  # int64
+        "own_k": torch.randn(n, p, t, hkv, d, device=dev, dtype=dtype).transpose(2, 3),
+        "own_v": torch.randn(n, p, t, hkv, d, device=dev, dtype=dtype).transpose(2, 3),
+    }
+    assert_matches(call(case, backend="cuda", scale=0.7), case, atol, rtol, scale=0.7)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_cuda_module
+def test_cuda_ctx_len_beyond_s_and_negative() -> None:
+    dev = torch.device("cuda")
+    case = make_case(3, 2, 2, 1, 7, 1, 16, [40, 7, -5], device=dev, dtype=torch.bfloat16)
+    got = call(case, backend="cuda")
+    case["ctx_len"] = torch.tensor([7, 7, 0], dtype=torch.int32, device=dev)
+    assert_matches(got, case, 2e-2, 2e-2)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_cuda_module
+def test_cuda_rejects_huge_head_dim() -> None:
+    case = make_case(1, 1, 1, 1, 2, 0, 264, [2], device=torch.device("cuda"))
+    with pytest.raises(BackendUnavailableError, match="head dims up to"):
+        call(case, backend="cuda")

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ._dispatch import Backend, resolve_backend, triton_available
+from ._dispatch import Backend, resolve_backend
 
 __all__ = ["decode_attention", "decode_attention_torch"]
 
@@ -64,19 +64,9 @@ def decode_attention(
     if chosen == "torch":
         return decode_attention_torch(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
     if chosen == "cuda":
-        try:
-            from .._native import decode_attention_cuda
-        except ImportError:
-            # The CUDA twin is not written yet: "auto" moves on to Triton, "cuda" says so.
-            if backend == "cuda":
-                from ..exceptions import BackendUnavailableError
+        from .._native import decode_attention_cuda
 
-                raise BackendUnavailableError(
-                    "decode_attention: this build has no CUDA backend for it; use backend='triton'"
-                ) from None
-            chosen = "triton" if triton_available() else "torch"
-        else:
-            return decode_attention_cuda(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
+        return decode_attention_cuda(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
     if chosen == "triton":
         from ..kernels.decode_attention import decode_attention_triton
 
@@ -94,31 +84,39 @@ def decode_attention_torch(
     *,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """PyTorch reference: expand the key/value heads, one masked float32 softmax over the
-    concatenated (context, own) scores."""
+    """PyTorch reference: one masked float32 softmax over the concatenated (context, own) scores.
+
+    The query heads of a key/value group are stacked with the beams (``[N, Hkv, P * G, D]``), so
+    the shared context is read by one batched matmul per request and key/value head, with no
+    copy of the context per query head or per beam.
+    """
     n, p, hq, d = q.shape
     hkv, s = ctx_k.shape[1], ctx_k.shape[2]
     group = hq // hkv
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    qf = q.float()
-    ck = ctx_k.float().repeat_interleave(group, dim=1)  # [N, Hq, S, D]
-    cv = ctx_v.float().repeat_interleave(group, dim=1)
-    scores = [torch.einsum("nphd,nhsd->nphs", qf, ck) * scale]
-    valid = [(torch.arange(s, device=q.device) < ctx_len[:, None])[:, None, None, :]
-             .expand(n, p, hq, s)]
-    if own_k is not None:
-        ok = own_k.float().repeat_interleave(group, dim=2)  # [N, P, Hq, T, D]
-        ov = own_v.float().repeat_interleave(group, dim=2)
-        scores.append(torch.einsum("nphd,nphtd->npht", qf, ok) * scale)
-        valid.append(torch.ones(n, p, hq, own_k.shape[3], dtype=torch.bool, device=q.device))
-    score = torch.cat(scores, dim=-1)
-    keep = torch.cat(valid, dim=-1)
-    weight = torch.softmax(score.masked_fill(~keep, float("-inf")), dim=-1)
-    weight = torch.where(keep.any(dim=-1, keepdim=True), weight, torch.zeros_like(weight))
-    out = torch.einsum("nphs,nhsd->nphd", weight[..., :s], cv)
-    if own_k is not None:
-        out = out + torch.einsum("npht,nphtd->nphd", weight[..., s:], ov)
-    return out.to(q.dtype)
+    qf = q.float().view(n, p, hkv, group, d)  # head h = g * group + j
+    stacked = qf.permute(0, 2, 1, 3, 4).reshape(n * hkv, p * group, d)
+    keys_t = ctx_k.float().transpose(-1, -2).reshape(n * hkv, d, s)
+    # 0 on the valid context positions, -inf on the padding: added by the matmul itself
+    bias = torch.zeros(n, s, device=q.device).masked_fill_(
+        torch.arange(s, device=q.device) >= ctx_len[:, None], float("-inf"))
+    bias = bias[:, None, None, :].expand(n, hkv, 1, s).reshape(n * hkv, 1, s)
+    score = torch.baddbmm(bias, stacked, keys_t, alpha=scale).view(n, hkv, p * group, s)
+    own = own_k is not None and own_k.shape[3] > 0
+    if own:
+        t = own_k.shape[3]
+        own_score = torch.matmul(qf, own_k.float().transpose(-1, -2)) * scale  # [N, P, Hkv, G, T]
+        score = torch.cat([score, own_score.permute(0, 2, 1, 3, 4).reshape(n, hkv, p * group, t)],
+                          dim=-1)
+    weight = torch.softmax(score, dim=-1)
+    out = torch.matmul(weight[..., :s], ctx_v.float())  # [N, Hkv, P*G, D]
+    out = out.view(n, hkv, p, group, d).permute(0, 2, 1, 3, 4)  # [N, P, Hkv, G, D]
+    if own:
+        own_weight = weight[..., s:].reshape(n, hkv, p, group, t).permute(0, 2, 1, 3, 4)
+        out = out + torch.matmul(own_weight, own_v.float())
+    has_key = (ctx_len > 0) | own  # a query without any key (softmax of all -inf) outputs zeros
+    out = torch.where(has_key[:, None, None, None, None], out, torch.zeros_like(out))
+    return out.reshape(n, p, hq, d).to(q.dtype)
 
 
 def _check_inputs(q, ctx_k, ctx_v, ctx_len, own_k, own_v) -> None:
