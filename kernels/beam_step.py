@@ -9,7 +9,8 @@ The program loads its node's children into one register tile, so every logit it 
 from global memory exactly once and nothing of size ``[rows, V]`` is ever written:
 
 1. gather ``logits[r, code]`` (+ ``allowed``, + ``child_max_bid`` when ``alpha != 0``), add the
-   bid weight, and take the logsumexp over the admissible children (``tl.max`` / ``tl.sum``);
+   bid weight, and take the logsumexp over the admissible children (``tl.max`` / ``tl.sum``;
+   skipped with ``renormalize=False``, where the masked values are the log-probabilities);
 2. ``score = beam_score + (v - lse)`` for each child, the exact float32 arithmetic of the
    reference (``beam_scores[..., None] + logp``);
 3. exact per-row top-``min(k, admissible)`` by (score descending, token ascending): when more
@@ -56,8 +57,9 @@ import triton.language as tl
 
 from ..exceptions import FieldError
 from ..ops.beam_step import BeamStep
+from ._launch import Launch
 
-__all__ = ["beam_step_triton"]
+__all__ = ["beam_step_triton", "beam_step_rows_launch"]
 
 _SMALL_TILE = 256  # children per row at or below which the small gather tile is used
 _MAX_VOCAB = 32768  # the whole-row tile is next_pow2(V) lanes of registers
@@ -71,7 +73,8 @@ def _row_candidates(
     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
     start, count, vocab, alpha, beta, beam_score, k, beam,
     key_row, child_row, logp_row,
-    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, FULL: tl.constexpr, BLOCK: tl.constexpr,
+    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr, FULL: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Score one row's children in a BLOCK-lane tile and store its top-``k`` survivors.
 
@@ -96,10 +99,13 @@ def _row_candidates(
     x = tl.load(logits_row + code * stride_lv, mask=keep, other=0.0).to(tl.float32)
     v = tl.where(keep, x + weight, float("-inf"))
 
-    m = tl.max(v, axis=0)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    lse = m_safe + tl.log(tl.sum(tl.exp(v - m_safe), axis=0))
-    logp = v - lse
+    if RENORM:
+        m = tl.max(v, axis=0)
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        lse = m_safe + tl.log(tl.sum(tl.exp(v - m_safe), axis=0))
+        logp = v - lse
+    else:
+        logp = v
     score = beam_score + logp
     valid = keep & (score > float("-inf"))
 
@@ -147,7 +153,7 @@ def _beam_step_rows_kernel(
     allowed_ptr, stride_ar, stride_av,
     key_ptr, child_out_ptr, logp_out_ptr,
     vocab, beams, k, slots, alpha, beta,
-    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, SMALL: tl.constexpr,
+    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr, SMALL: tl.constexpr,
     BLOCK_V: tl.constexpr, BLOCK_PAD: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -169,19 +175,19 @@ def _beam_step_rows_kernel(
                 stored = _row_candidates(
                     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
                     start, count, vocab, alpha, beta, beam_score, k, beam,
-                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, False, SMALL,
+                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, False, SMALL,
                 )
             elif count == vocab:
                 stored = _row_candidates(
                     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
                     start, count, vocab, alpha, beta, beam_score, k, beam,
-                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, True, BLOCK_V,
+                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, True, BLOCK_V,
                 )
             else:
                 stored = _row_candidates(
                     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
                     start, count, vocab, alpha, beta, beam_score, k, beam,
-                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, False, BLOCK_V,
+                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, False, BLOCK_V,
                 )
 
     # Unused survivor slots get a key below every real one (child and logp stay unwritten).
@@ -205,6 +211,7 @@ def beam_step_triton(
     alpha: float = 0.0,
     beta: float = 0.0,
     allowed: torch.Tensor | None = None,
+    renormalize: bool = True,
 ) -> BeamStep:
     """Triton backend: same arguments and result as ``beam_step_torch``.
 
@@ -215,7 +222,7 @@ def beam_step_triton(
     vocab = logits.shape[1]
     keys, child, logp = _row_survivors(
         logits, beam_scores, row_node, child_ptr, child_code, child_max_bid,
-        k=k, alpha=alpha, beta=beta, allowed=allowed,
+        k=k, alpha=alpha, beta=beta, allowed=allowed, renormalize=renormalize,
     )
     slots = keys.shape[1]
     return _merge(keys.view(n, p * slots), child.view(n, p * slots), logp.view(n, p * slots), k,
@@ -224,7 +231,7 @@ def beam_step_triton(
 
 def _row_survivors(
     logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, *, k, alpha, beta,
-    allowed,
+    allowed, renormalize=True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the row kernel: ``(keys, child, logp)``, each ``[rows, min(k, V)]``.
 
@@ -246,13 +253,47 @@ def _row_survivors(
     logp = torch.empty((rows, slots), dtype=torch.float32, device=device)
     if rows == 0 or slots == 0:
         return keys, child, logp
+    launch = beam_step_rows_launch(
+        logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, keys, child, logp,
+        k=k, alpha=alpha, beta=beta, allowed=allowed, renormalize=renormalize,
+    )
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            launch()
+    else:
+        launch()
+    return keys, child, logp
+
+
+def beam_step_rows_launch(
+    logits: torch.Tensor,
+    beam_scores: torch.Tensor,
+    row_node: torch.Tensor,
+    child_ptr: torch.Tensor,
+    child_code: torch.Tensor,
+    child_max_bid: torch.Tensor,
+    keys: torch.Tensor,
+    child: torch.Tensor,
+    logp: torch.Tensor,
+    *,
+    k: int,
+    alpha: float,
+    beta: float,
+    allowed: torch.Tensor | None,
+    renormalize: bool = True,
+) -> Launch:
+    """The row-kernel launch that fills ``keys``, ``child``, ``logp`` (contiguous
+    ``[rows, min(k, V)]``, none empty); shared by :func:`beam_step_triton` and
+    ``ega_infer.compile``."""
+    p = beam_scores.shape[1]
+    vocab = logits.shape[1]
+    rows, slots = keys.shape
     if allowed is not None:
         allowed_arg = allowed.view(torch.uint8)
         stride_ar, stride_av = allowed_arg.stride()
     else:
         allowed_arg, stride_ar, stride_av = keys, 0, 0  # never read: HAS_ALLOWED=False
     block_v = triton.next_power_of_2(vocab)
-    launch = _beam_step_rows_kernel[(rows,)]
     args = (
         logits, logits.stride(0), logits.stride(1), beam_scores.contiguous(),
         row_node.contiguous(), child_ptr.contiguous(), child_code.contiguous(),
@@ -260,16 +301,11 @@ def _row_survivors(
         keys, child, logp, vocab, p, k, slots, float(alpha), float(beta),
     )
     meta = dict(
-        USE_BID=float(alpha) != 0.0, HAS_ALLOWED=allowed is not None,
+        USE_BID=float(alpha) != 0.0, HAS_ALLOWED=allowed is not None, RENORM=bool(renormalize),
         SMALL=min(_SMALL_TILE, block_v), BLOCK_V=block_v, BLOCK_PAD=_BLOCK_PAD,
         num_warps=4 if block_v <= 1024 else 8 if block_v <= 4096 else 16,
     )
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            launch(*args, **meta)
-    else:
-        launch(*args, **meta)
-    return keys, child, logp
+    return Launch(_beam_step_rows_kernel, (rows,), args, meta)
 
 
 def _merge(keys: torch.Tensor, child: torch.Tensor, logp: torch.Tensor, k: int,

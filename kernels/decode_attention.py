@@ -58,8 +58,9 @@ import triton
 import triton.language as tl
 
 from ..exceptions import BackendUnavailableError
+from ._launch import Launch
 
-__all__ = ["decode_attention_triton", "MAX_HEAD_DIM"]
+__all__ = ["decode_attention_triton", "decode_attention_launches", "MAX_HEAD_DIM"]
 
 _LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256  # one [BLOCK_M, D] float32 accumulator per program must fit in registers
@@ -275,9 +276,12 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _choose_config(q: torch.Tensor, num_kv_heads: int, ctx_size: int, block_d: int,
-                   block_p: int | None, num_splits: int | None) -> dict:
-    """Tile sizes, warps, stages and split count for one call (starting points, see module doc)."""
+                   block_p: int | None, num_splits: int | None, sm_count: int | None = None) -> dict:
+    """Tile sizes, warps, stages and split count for one call (starting points, see module doc).
+
+    ``sm_count``: the GPU's multiprocessor count (default: asked from q's device)."""
     n, p, hq, _ = q.shape
+    sms = _sm_count(q.device) if sm_count is None else sm_count
     group = hq // num_kv_heads
     group_pad = triton.next_power_of_2(group)
     interpreted = _interpreted()
@@ -295,7 +299,7 @@ def _choose_config(q: torch.Tensor, num_kv_heads: int, ctx_size: int, block_d: i
         # at the ridge point, so the matmuls must run near peak too); halve them only when the
         # grid would not fill one wave of the GPU.
         if (not interpreted and block_p * group_pad == 128
-                and n * num_kv_heads * triton.cdiv(p, block_p) < _sm_count(q.device)):
+                and n * num_kv_heads * triton.cdiv(p, block_p) < sms):
             block_p //= 2
     block_p = max(block_p, triton.cdiv(16, group_pad))  # tl.dot needs >= 16 rows
     block_m = block_p * group_pad
@@ -306,7 +310,6 @@ def _choose_config(q: torch.Tensor, num_kv_heads: int, ctx_size: int, block_d: i
 
     if num_splits is None:
         num_splits = 1
-        sms = _sm_count(q.device)
         if not interpreted and programs < 2 * sms and ctx_size >= 512:
             # Partials: float32 accumulator + max + sum per query row and split, written and read.
             partial_bytes = 2 * p * hq * (q.shape[3] + 2) * 4
@@ -342,7 +345,6 @@ def decode_attention_triton(
     Returns a new contiguous [N, P, Hq, D] tensor in q's dtype.
     """
     n, p, hq, d = q.shape
-    hkv, ctx_size = ctx_k.shape[1], ctx_k.shape[2]
     out = torch.empty((n, p, hq, d), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
@@ -351,9 +353,37 @@ def decode_attention_triton(
             f"decode_attention: the Triton kernel takes head dims up to {MAX_HEAD_DIM}, got {d}; "
             "use backend='torch'"
         )
+    launches = decode_attention_launches(q, ctx_k, ctx_v, ctx_len, own_k, own_v, out, scale=scale,
+                                         num_splits=num_splits, block_p=block_p)
+    with _on_device(q.device):
+        for launch in launches:
+            launch()
+    return out
+
+
+def decode_attention_launches(
+    q: torch.Tensor,
+    ctx_k: torch.Tensor,
+    ctx_v: torch.Tensor,
+    ctx_len: torch.Tensor,
+    own_k: torch.Tensor | None,
+    own_v: torch.Tensor | None,
+    out: torch.Tensor,
+    *,
+    scale: float | None = None,
+    num_splits: int | None = None,
+    block_p: int | None = None,
+    sm_count: int | None = None,
+) -> tuple[Launch, ...]:
+    """The launches that fill ``out`` (contiguous, not empty, head dim <= MAX_HEAD_DIM): the
+    attention kernel, then the split combine when the context is split. Allocates the split
+    partials on q's device. Shared by :func:`decode_attention_triton` and ``ega_infer.compile``
+    (which passes the target GPU's ``sm_count``)."""
+    n, p, hq, d = q.shape
+    hkv, ctx_size = ctx_k.shape[1], ctx_k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     block_d = max(16, triton.next_power_of_2(d))
-    cfg = _choose_config(q, hkv, ctx_size, block_d, block_p, num_splits)
+    cfg = _choose_config(q, hkv, ctx_size, block_d, block_p, num_splits, sm_count)
     has_own = own_k is not None and own_k.shape[3] > 0
     if not has_own:
         own_k = own_v = q.new_empty((1, 1, 1, 1, 1))  # never read: HAS_OWN=False
@@ -388,12 +418,11 @@ def decode_attention_triton(
     )
     rows = n * p * hq
     block_r = 16
-    with _on_device(q.device):
-        _decode_attention_kernel[(cfg["programs"], splits)](*args, **meta)
-        if splits > 1:
-            _combine_splits_kernel[(triton.cdiv(rows, block_r),)](
-                acc, m_part, l_part, out, rows, d,
-                NUM_SPLITS=splits, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
-            )
-    return out
-
+    launches = [Launch(_decode_attention_kernel, (cfg["programs"], splits), args, meta)]
+    if splits > 1:
+        launches.append(Launch(
+            _combine_splits_kernel, (triton.cdiv(rows, block_r),),
+            (acc, m_part, l_part, out, rows, d),
+            dict(NUM_SPLITS=splits, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4),
+        ))
+    return tuple(launches)

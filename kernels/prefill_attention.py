@@ -44,8 +44,11 @@ import triton
 import triton.language as tl
 
 from ..exceptions import BackendUnavailableError
+from ._launch import Launch
 
-__all__ = ["prefill_attention_triton", "query_block_map", "MAX_HEAD_DIM"]
+__all__ = [
+    "prefill_attention_triton", "prefill_attention_launch", "query_block_map", "MAX_HEAD_DIM",
+]
 
 _LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256  # one [BLOCK_M, D] float32 accumulator per program must fit in registers
@@ -244,7 +247,6 @@ def prefill_attention_triton(
     Returns a new contiguous [T, Hq, D] tensor in q's dtype.
     """
     total, hq, d = q.shape
-    hkv = k.shape[1]
     out = torch.empty((total, hq, d), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
@@ -253,20 +255,45 @@ def prefill_attention_triton(
             f"prefill_attention: the Triton kernel takes head dims up to {MAX_HEAD_DIM}, got {d}; "
             "use backend='torch'"
         )
+    launch = prefill_attention_launch(q, k, v, cu_seqlens, out, causal=causal, scale=scale,
+                                      block_m=block_m, block_n=block_n)
+    device_ctx = torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext()
+    with device_ctx:
+        launch()
+    return out
+
+
+def prefill_attention_launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    causal: bool,
+    scale: float | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> Launch:
+    """The launch that fills ``out`` (a new [T, Hq, D], not empty, D <= MAX_HEAD_DIM); builds
+    the query block map on q's device. Shared by :func:`prefill_attention_triton` and
+    ``ega_infer.compile``."""
+    total, hq, d = q.shape
+    hkv = k.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     block_d = max(16, triton.next_power_of_2(d))
     cfg = _choose_config(q.dtype, block_d, causal, block_m, block_n)
     block_seq, block_start = query_block_map(cu_seqlens, total, cfg["block_m"])
     grid = (block_seq.numel(), hq)
-    device_ctx = torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext()
-    with device_ctx:
-        _prefill_attention_kernel[grid](
-            q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(),
-            cu_seqlens.contiguous(), block_seq, block_start, d, scale * _LOG2E,
-            GROUP=hq // hkv, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_D=block_d,
-            EVEN_D=block_d == d, CAUSAL=bool(causal), PIPELINE=not _interpreted(),
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            UPCAST_DOT=_interpreted() and q.dtype == torch.bfloat16,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
-    return out
+    args = (
+        q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(),
+        cu_seqlens.contiguous(), block_seq, block_start, d, scale * _LOG2E,
+    )
+    meta = dict(
+        GROUP=hq // hkv, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_D=block_d,
+        EVEN_D=block_d == d, CAUSAL=bool(causal), PIPELINE=not _interpreted(),
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        UPCAST_DOT=_interpreted() and q.dtype == torch.bfloat16,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return Launch(_prefill_attention_kernel, grid, args, meta)

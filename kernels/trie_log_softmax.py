@@ -21,7 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["trie_log_softmax_triton"]
+from ._launch import Launch
+
+__all__ = ["trie_log_softmax_triton", "trie_log_softmax_launch"]
 
 _BLOCK_C = 128  # children per chunk
 _BLOCK_V = 1024  # vocab entries per -inf store
@@ -122,26 +124,44 @@ def trie_log_softmax_triton(
     out = torch.empty((rows, vocab), dtype=torch.float32, device=logits.device)
     if rows == 0 or vocab == 0:
         return out
-    row_node = row_node.contiguous()
-    child_ptr = child_ptr.contiguous()
-    child_code = child_code.contiguous()
-    child_max_bid = child_max_bid.contiguous()
+    launch = trie_log_softmax_launch(
+        logits, row_node, child_ptr, child_code, child_max_bid, out,
+        alpha=alpha, beta=beta, allowed=allowed,
+    )
+    if logits.device.type == "cuda":
+        with torch.cuda.device(logits.device):
+            launch()
+    else:
+        launch()
+    return out
+
+
+def trie_log_softmax_launch(
+    logits: torch.Tensor,
+    row_node: torch.Tensor,
+    child_ptr: torch.Tensor,
+    child_code: torch.Tensor,
+    child_max_bid: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    allowed: torch.Tensor | None,
+) -> Launch:
+    """The launch that fills ``out`` (contiguous float32 [rows, vocab], rows and vocab > 0);
+    shared by :func:`trie_log_softmax_triton` and ``ega_infer.compile``."""
+    rows, vocab = logits.shape
     if allowed is not None:
         allowed_arg = allowed.view(torch.uint8) if allowed.dtype == torch.bool else allowed
         stride_ar, stride_av = allowed_arg.stride()
     else:
         allowed_arg, stride_ar, stride_av = out, 0, 0  # never read: HAS_ALLOWED=False
-    launch = _trie_log_softmax_kernel[(rows,)]
     args = (
         logits, logits.stride(0), logits.stride(1),
-        row_node, child_ptr, child_code, child_max_bid,
+        row_node.contiguous(), child_ptr.contiguous(), child_code.contiguous(),
+        child_max_bid.contiguous(),
         allowed_arg, stride_ar, stride_av,
         out, vocab, float(alpha), float(beta),
     )
     meta = dict(HAS_ALLOWED=allowed is not None, BLOCK_C=_BLOCK_C, BLOCK_V=_BLOCK_V, num_warps=4)
-    if logits.device.type == "cuda":
-        with torch.cuda.device(logits.device):
-            launch(*args, **meta)
-    else:
-        launch(*args, **meta)
-    return out
+    return Launch(_trie_log_softmax_kernel, (rows,), args, meta)

@@ -96,14 +96,16 @@ def tensors(case: dict) -> tuple:
             case["child_code"], case["child_max_bid"])
 
 
-def run_backend(case: dict, k: int, alpha: float, beta: float, backend: str) -> BeamStep:
+def run_backend(case: dict, k: int, alpha: float, beta: float, backend: str,
+                renormalize: bool = True) -> BeamStep:
     return beam_step(*tensors(case), k=k, alpha=alpha, beta=beta, allowed=case["allowed"],
-                     backend=backend)
+                     renormalize=renormalize, backend=backend)
 
 
-def reference(case: dict, k: int, alpha: float, beta: float) -> BeamStep:
+def reference(case: dict, k: int, alpha: float, beta: float, renormalize: bool = True) -> BeamStep:
     cpu = {key: None if t is None else t.cpu() for key, t in case.items()}
-    return beam_step_torch(*tensors(cpu), k=k, alpha=alpha, beta=beta, allowed=cpu["allowed"])
+    return beam_step_torch(*tensors(cpu), k=k, alpha=alpha, beta=beta, allowed=cpu["allowed"],
+                           renormalize=renormalize)
 
 
 def assert_missing_entries(step: BeamStep) -> None:
@@ -114,9 +116,9 @@ def assert_missing_entries(step: BeamStep) -> None:
 
 
 def assert_same_step(got: BeamStep, case: dict, k: int, alpha: float, beta: float,
-                     atol: float = 1e-5) -> None:
+                     atol: float = 1e-5, renormalize: bool = True) -> None:
     got = BeamStep(*(t.cpu() for t in (got.scores, got.parent, got.token, got.child, got.logp)))
-    want = reference(case, k, alpha, beta)
+    want = reference(case, k, alpha, beta, renormalize)
     n = want.scores.shape[0]
     for name in ("scores", "parent", "token", "child", "logp"):
         g, w = getattr(got, name), getattr(want, name)
@@ -140,7 +142,7 @@ def assert_same_step(got: BeamStep, case: dict, k: int, alpha: float, beta: floa
 
     # Entries and order: exact between groups of reference scores closer than TIE_TOL.
     p, vocab = case["beam_scores"].shape[1], case["logits"].shape[1]
-    every = reference(case, p * vocab, alpha, beta)  # every candidate, ranked
+    every = reference(case, p * vocab, alpha, beta, renormalize)  # every candidate, ranked
     for req in range(n):
         ranked = every.scores[req]
         live = int(every.alive[req].sum())
@@ -196,6 +198,37 @@ def test_torch_reference_equals_one_stage_oracle(n, p, vocab, k, alpha, beta, de
         assert float(got.logp[req, q]) == float(logp[req, int(parent[req, q]), tok])
         assert int(got.child[req, q]) == naive_child(case["row_node"], case["child_ptr"],
                                                      case["child_code"], row, tok)
+
+
+@pytest.mark.parametrize(("n", "p", "vocab", "k"), [(1, 1, 1, 1), (3, 5, 7, 4), (3, 5, 33, 38),
+                                                    (1, 5, 130, 9)])
+@pytest.mark.parametrize(("alpha", "beta"), ALPHA_BETA)
+def test_torch_reference_without_renormalization(n, p, vocab, k, alpha, beta, device) -> None:
+    # renormalize=False: the logits (log-probabilities over a larger vocabulary, in practice)
+    # plus the bid weight, masked to the admissible children, not normalised again.
+    case = make_case(n, p, vocab, seed=n * 100 + vocab + 7, device=device, with_allowed=True)
+    got = beam_step_torch(*tensors(case), k=k, alpha=alpha, beta=beta, allowed=case["allowed"],
+                          renormalize=False)
+    rows, child_ptr = case["row_node"], case["child_ptr"]
+    masked = torch.full((n * p, vocab), NEG_INF, device=device)
+    for r in range(n * p):
+        node = int(rows[r])
+        if node < 0:
+            continue
+        for j in range(int(child_ptr[node]), int(child_ptr[node + 1])):
+            c = int(case["child_code"][j])
+            w = torch.log(case["child_max_bid"][j] ** alpha + beta)
+            if bool(case["allowed"][r, c]):
+                masked[r, c] = case["logits"][r, c] + w
+    scores, parent, token = full_topk(case["beam_scores"][..., None] + masked.view(n, p, vocab), k)
+    assert torch.equal(got.scores, scores)
+    alive = scores > NEG_INF
+    assert torch.equal(got.parent[alive], parent[alive])
+    assert torch.equal(got.token[alive], token[alive])
+    assert_missing_entries(got)
+    for req, q in alive.nonzero().tolist():
+        assert float(got.logp[req, q]) == float(masked[req * p + int(parent[req, q]),
+                                                       int(token[req, q])])
 
 
 def test_torch_reference_by_hand() -> None:
@@ -270,6 +303,18 @@ def test_bad_inputs_raise_field_error(what: str) -> None:
     assert info.value.field == field and info.value.expected
 
 
+def test_renormalize_flag_on_cpu_dispatch(device) -> None:
+    if device.type != "cpu":
+        pytest.skip("checks the CPU dispatch only")
+    case = make_case(3, 5, 33, seed=6, device=device, with_allowed=True)
+    for renormalize in (True, False):
+        got = run_backend(case, 4, 0.0, 0.0, "auto", renormalize=renormalize)
+        want = reference(case, 4, 0.0, 0.0, renormalize)
+        assert torch.equal(got.scores, want.scores) and torch.equal(got.child, want.child)
+    assert not torch.equal(run_backend(case, 4, 0.0, 0.0, "torch", renormalize=False).scores,
+                           reference(case, 4, 0.0, 0.0).scores)
+
+
 def test_cuda_backend_on_cpu_tensors_is_unavailable() -> None:
     case = make_case(1, 2, 7, seed=5, device=torch.device("cpu"))
     with pytest.raises(BackendUnavailableError, match="beam_step"):
@@ -315,6 +360,18 @@ def test_triton_weights_masks_dtypes(alpha, beta, dtype, triton_device) -> None:
     case = make_case(3, 5, 33, seed=21, device=triton_device, with_allowed=with_allowed,
                      dtype=dtype)
     assert_same_step(run_backend(case, 4, alpha, beta, "triton"), case, 4, alpha, beta)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(("n", "p", "vocab"), [(1, 1, 7), (3, 5, 33), (2, 3, 130)])
+@pytest.mark.parametrize("k_index", [0, 1, 2], ids=["k1", "k4", "kall"])
+def test_triton_without_renormalization(n, p, vocab, k_index, triton_device) -> None:
+    k = ks_for(p, vocab)[k_index]
+    alpha, beta = ALPHA_BETA[(n + vocab + k_index) % 3]
+    case = make_case(n, p, vocab, seed=n * 1000 + p * 100 + vocab + 1, device=triton_device,
+                     with_allowed=k_index == 1)
+    got = run_backend(case, k, alpha, beta, "triton", renormalize=False)
+    assert_same_step(got, case, k, alpha, beta, renormalize=False)
 
 
 @pytest.mark.interpreter
@@ -455,3 +512,14 @@ def test_cuda_matches_reference(n, p, vocab, k_index, alpha, beta, dtype) -> Non
     case = make_case(n, p, vocab, seed=n * 1000 + p * 100 + vocab, device=torch.device("cuda"),
                      with_allowed=k_index == 1, dtype=dtype, strided=k_index == 2)
     assert_same_step(run_backend(case, k, alpha, beta, "cuda"), case, k, alpha, beta)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_without_renormalization() -> None:
+    # The CUDA backend has no renormalize=False mode: "auto" runs another backend, "cuda" raises.
+    case = make_case(3, 5, 130, seed=31, device=torch.device("cuda"), with_allowed=True)
+    got = run_backend(case, 9, 0.0, 0.0, "auto", renormalize=False)
+    assert_same_step(got, case, 9, 0.0, 0.0, renormalize=False)
+    with pytest.raises(BackendUnavailableError, match="renormalize"):
+        run_backend(case, 9, 0.0, 0.0, "cuda", renormalize=False)

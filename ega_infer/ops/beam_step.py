@@ -6,14 +6,20 @@ For request ``n`` with beams ``p = 0 .. P-1`` (logit row ``r = n * P + p``)::
     cand[n, p, c] = beam_scores[n, p] + logp[r, c]
     keep the k best cand[n] by (score descending, parent p ascending, token c ascending)
 
+``renormalize=False`` drops the normalisation: ``logp[r, c]`` is then ``logits[r, c] + w`` on
+the admissible children (``-inf`` elsewhere), for logits that are already log-probabilities over a
+larger vocabulary and are only masked to the trie (Hugging Face transformers' default constrained
+beam search: full-vocabulary log-softmax, then the mask, no renormalisation).
+
 For every kept entry the step also returns the chosen code's CSR child index ``j`` (the
 depth-(l+1) node id, ``child_code[j] == token`` within ``row_node[r]``'s child range) and its
 ``logp``. Entries beyond the number of finite candidates (``k > P * V``, dead beams, rows with no
 admissible child) are *missing*: score ``-inf``, parent 0, token 0, child -1, logp ``-inf``.
 
 This is what ``decoding/beam_search.py`` does per position with ``trie_log_softmax``, the
-two-stage top-k of ``decoding/topk.py`` and ``DeviceTrie.child``; ``beam_step_torch`` composes
-exactly those and is the reference the Triton and CUDA backends are tested against.
+exact top-k of ``decoding/topk.py`` and ``DeviceTrie.child``; ``beam_step_torch`` computes exactly
+those (the top-k as one ``torch.topk`` over distinct integer keys) and is the reference the Triton
+and CUDA backends are tested against.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._dispatch import Backend, resolve_backend
+from ..exceptions import BackendUnavailableError
+from ._dispatch import Backend, resolve_backend, triton_available
 from .trie_log_softmax import trie_children, trie_log_softmax_torch
 
 __all__ = ["BeamStep", "beam_step", "beam_step_torch"]
@@ -62,6 +69,7 @@ def beam_step(
     alpha: float = 0.0,
     beta: float = 0.0,
     allowed: torch.Tensor | None = None,
+    renormalize: bool = True,
     backend: Backend = "auto",
 ) -> BeamStep:
     """Score every trie child of every beam and keep the ``k`` best per request.
@@ -83,6 +91,10 @@ def beam_step(
     k : beams to keep per request, ``k >= 1`` (may exceed the number of candidates).
     alpha, beta : token-bid exponent and floor, ``w = log(max_bid ** alpha + beta)``.
     allowed : optional [N*P, V] bool; False removes a code from that row (slate rules).
+    renormalize : True (default): log-softmax over the admissible children. False: the masked
+        values ``logits + w`` themselves (the logits are log-probabilities already). The CUDA
+        backend has no such mode: "auto" then runs Triton (or the reference without Triton),
+        an explicit "cuda" raises.
     backend : "auto" | "torch" | "triton" | "cuda".
 
     Returns
@@ -99,14 +111,20 @@ def beam_step(
     """
     _check_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed, k)
     chosen = resolve_backend(backend, logits.device, "beam_step")
+    if chosen == "cuda" and not renormalize:
+        if backend == "cuda":
+            raise BackendUnavailableError(
+                "beam_step: the CUDA backend has no renormalize=False mode; use backend='triton'"
+            )
+        chosen = "triton" if triton_available() else "torch"
     args = (logits, beam_scores, row_node, child_ptr, child_code, child_max_bid)
     options = dict(k=int(k), alpha=float(alpha), beta=float(beta), allowed=allowed)
     if chosen == "torch":
-        return beam_step_torch(*args, **options)
+        return beam_step_torch(*args, **options, renormalize=bool(renormalize))
     if chosen == "triton":
         from ..kernels.beam_step import beam_step_triton
 
-        return beam_step_triton(*args, **options)
+        return beam_step_triton(*args, **options, renormalize=bool(renormalize))
     from .._native import beam_step_cuda
 
     out = beam_step_cuda(*args, **options)  # the five [N, k] tensors, in BeamStep's field order
@@ -125,41 +143,72 @@ def beam_step_torch(
     alpha: float = 0.0,
     beta: float = 0.0,
     allowed: torch.Tensor | None = None,
+    renormalize: bool = True,
 ) -> BeamStep:
-    """PyTorch reference: ``trie_log_softmax_torch`` -> ``two_stage_topk`` -> child lookup.
+    """PyTorch reference: ``trie_log_softmax_torch`` -> exact top-k -> child lookup.
 
-    The child of a kept ``(row, token)`` is found by a sorted search over the rows' expanded
-    child ranges (``trie_children``), so it does not rely on the codes being sorted.
+    The top-k equals a stable descending sort of each request's flattened ``[P * V]`` scores
+    (``decoding.topk.full_topk``): every candidate gets a distinct int64 key, the score's
+    order-preserving integer image above ``2**32 - 1 - (p * V + c)``, so one ``torch.topk``
+    breaks ties by parent, then token, whatever its own tie order. The child of a kept
+    ``(row, token)`` is found by matching the rows' expanded child ranges (``trie_children``)
+    against the kept keys, so it does not rely on the codes being sorted.
     """
-    from ..decoding.topk import two_stage_topk  # here: decoding.beam_search may import this module
-
     n, p = beam_scores.shape
     vocab = logits.shape[1]
     logp = trie_log_softmax_torch(
         logits, row_node, child_ptr, child_code, child_max_bid,
-        alpha=alpha, beta=beta, allowed=allowed,
+        alpha=alpha, beta=beta, allowed=allowed, renormalize=renormalize,
     ).view(n, p, vocab)
-    scores, parent, token = two_stage_topk(beam_scores.float()[..., None] + logp, k)
+    scores, parent, token = _ranked_topk(beam_scores.float()[..., None] + logp, k)
     alive = scores > NEG_INF
     parent = torch.where(alive, parent, 0)
     token = torch.where(alive, token, 0)
     request = torch.arange(n, device=logits.device)[:, None]
     chosen_logp = torch.where(alive, logp[request, parent, token], NEG_INF)
-    child = _child_index(request * p + parent, token, row_node, child_ptr, child_code, vocab)
-    return BeamStep(scores, parent, token, torch.where(alive, child, -1), chosen_logp)
+    child = _child_index(request * p + parent, token, alive, row_node, child_ptr, child_code, vocab)
+    return BeamStep(scores, parent, token, child, chosen_logp)
 
 
-def _child_index(row, token, row_node, child_ptr, child_code, vocab) -> torch.Tensor:
-    """CSR index of the child with code ``token`` of ``row_node[row]``, -1 where there is none."""
+def _ranked_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(values, parent, token)`` ``[N, k]`` of ``scores [N, P, V]`` by (value descending, parent,
+    token); entries past ``P * V`` are ``-inf`` with parent 0 and token 0."""
+    n, p, v = scores.shape
+    flat = scores.reshape(n, p * v) + 0.0  # -0.0 -> +0.0: equal scores get equal keys
+    bits = flat.view(torch.int32).long()
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # same order as the floats
+    index = torch.arange(p * v, device=scores.device)
+    key = (ordered << 32) + (0xFFFFFFFF - index)  # distinct; larger = better, then lower index
+    take = min(k, p * v)
+    flat_index = torch.topk(key, take, dim=1, sorted=True).indices
+    values = flat.gather(1, flat_index)
+    parent = torch.div(flat_index, v, rounding_mode="floor")
+    token = flat_index - parent * v
+    if take < k:
+        values = torch.cat([values, values.new_full((n, k - take), NEG_INF)], dim=1)
+        parent = torch.cat([parent, parent.new_zeros(n, k - take)], dim=1)
+        token = torch.cat([token, token.new_zeros(n, k - take)], dim=1)
+    return values, parent, token
+
+
+def _child_index(row, token, alive, row_node, child_ptr, child_code, vocab) -> torch.Tensor:
+    """CSR index of the child with code ``token`` of ``row_node[row]`` for the ``alive`` entries
+    (``-1`` elsewhere, or where there is none). The rows' expanded child ranges are looked up in
+    the sorted wanted ``(row, token)`` keys (distinct where alive): only ``N * k`` keys are
+    sorted."""
     rows, child = trie_children(row_node, child_ptr)
-    if rows.numel() == 0:
-        return torch.full_like(token, -1)
+    want = torch.where(alive, row * vocab + token, -1).reshape(-1)
+    out = torch.full_like(want, -1)
+    if rows.numel() == 0 or want.numel() == 0:
+        return out.view(token.shape)
+    wanted, order = torch.sort(want)
     pair = rows * vocab + child_code[child].long()
-    pair, order = torch.sort(pair)
-    want = (row * vocab + token).reshape(-1)
-    pos = torch.searchsorted(pair, want).clamp(max=pair.numel() - 1)
-    found = pair[pos] == want
-    return torch.where(found, child[order][pos], -1).view(token.shape)
+    pos = torch.searchsorted(wanted, pair).clamp(max=wanted.numel() - 1)
+    hit = wanted[pos] == pair
+    found = torch.full_like(want, -1)
+    found[pos[hit]] = child[hit]
+    out[order] = found
+    return out.view(token.shape)
 
 
 def _check_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed,

@@ -9,6 +9,9 @@ For each row r (a beam) whose trie node at depth l is ``n = row_node[r]``::
 
 A row with ``row_node < 0`` (a dead beam) or with no admissible child is all ``-inf``.
 ``alpha = beta = 0`` gives plain constrained decoding (``0 ** 0 == 1`` so every weight is 0).
+The reference's ``renormalize=False`` skips the normalisation: ``out[r, c] = v_j`` (the logits
+are then log-probabilities over a larger vocabulary, only masked to the trie, as in Hugging Face
+transformers' default constrained beam search).
 """
 
 from __future__ import annotations
@@ -81,8 +84,10 @@ def trie_log_softmax_torch(
     alpha: float = 0.0,
     beta: float = 0.0,
     allowed: torch.Tensor | None = None,
+    renormalize: bool = True,
 ) -> torch.Tensor:
-    """PyTorch reference: expand each row's children (CSR), score them, scatter, normalise."""
+    """PyTorch reference: expand each row's children (CSR), score them, scatter, normalise
+    (``renormalize=False``: the masked values ``logits + w`` as they are)."""
     num_rows, vocab = logits.shape
     device = logits.device
     rows, child = trie_children(row_node, child_ptr)
@@ -94,6 +99,8 @@ def trie_log_softmax_torch(
         keep &= allowed[rows, code]
     dense = torch.full((num_rows, vocab), float("-inf"), dtype=torch.float32, device=device)
     dense[rows[keep], code[keep]] = value[keep]
+    if not renormalize:
+        return dense
     has_child = torch.zeros(num_rows, dtype=torch.bool, device=device)
     has_child[rows[keep]] = True
     out = torch.log_softmax(dense, dim=-1)
