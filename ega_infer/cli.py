@@ -1,5 +1,5 @@
 """Command line: ``ega-infer demo`` (the main job on the embedded default), ``eval``, ``bench``,
-``info`` and ``train``."""
+``info``, ``train`` and ``compile``."""
 
 from __future__ import annotations
 
@@ -45,7 +45,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = sub.add_parser("train", help="train the tiny preset on the synthetic world (the embedded default)")
     train.add_argument("--out", required=True, help="directory for config.json, model.safetensors, training.json")
     train.add_argument("--seed", type=int, default=0)
+    comp = sub.add_parser("compile", help="compile the Triton kernels ahead of time for GPU architectures "
+                                          "(no GPU needed); serve with EGA_INFER_COMPILED=DIR")
+    comp.add_argument("--arch", default="sm_80,sm_90", help="comma-separated architectures (sm_80,sm_90)")
+    comp.add_argument("--out", required=True, help="directory for the Triton cache and manifest.json")
+    comp.add_argument("--presets", default=None, help="comma-separated preset names (default: all)")
+    comp.add_argument("--dtypes", default="float32,bfloat16", help="model dtypes to compile for")
+    comp.add_argument("--jobs", type=int, default=None, help="parallel compiler processes (default: CPUs)")
+    comp.add_argument("--no-cuda-check", action="store_true",
+                      help="do not require ega_infer._cuda to carry code for every architecture")
+    comp.add_argument("--keep-ir", action="store_true", help="keep Triton's TTIR/TTGIR/LLVM IR/PTX files too")
     args = parser.parse_args(argv)
+    if args.command == "compile":
+        return _compile(args)
     if args.command == "demo":
         return _demo(args)
     if args.command == "train":
@@ -196,6 +208,35 @@ def _info(args: argparse.Namespace) -> int:
     else:
         for key, value in info.items():
             print(f"{key:>22}: {value}")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .compile import Coverage, compile_kernels
+    from .exceptions import EgaInferError
+
+    start = time.perf_counter()
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()]  # noqa: E731
+    try:
+        manifest = compile_kernels(
+            args.out, archs=args.arch, presets=split(args.presets) if args.presets else None,
+            coverage=Coverage(dtypes=tuple(split(args.dtypes))), jobs=args.jobs,
+            check_cuda=not args.no_cuda_check, keep_ir=args.keep_ir,
+            progress=lambda line: print(line, file=sys.stderr),
+        )
+    except (EgaInferError, ValueError) as exc:
+        print(f"ega-infer compile: {exc}", file=sys.stderr)
+        return 2
+    kernels = manifest["kernels"]
+    print(f"{len(kernels)} kernel binaries ({len({k['kernel'] for k in kernels})} kernels x "
+          f"{', '.join(manifest['archs'])}) for presets {', '.join(manifest['presets'])}, "
+          f"{len(manifest['launchers'])} launcher stubs, in {time.perf_counter() - start:.0f} s "
+          f"({sum(k['seconds'] for k in kernels):.0f} s of compiling)")
+    print(f"manifest: {Path(args.out).resolve() / 'manifest.json'}")
+    print(f"serve with: EGA_INFER_COMPILED={Path(args.out).resolve()} (ega_infer.compile.use_compiled)")
     return 0
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "BackendUnavailableError",
     "CheckpointError",
+    "CompiledKernelsError",
 ]
 
 
@@ -56,3 +57,8 @@ class BackendUnavailableError(EgaInferError, RuntimeError):
 
 class CheckpointError(EgaInferError, OSError):
     """A model or catalog file is missing, unreadable, or does not match its config."""
+
+
+class CompiledKernelsError(EgaInferError, RuntimeError):
+    """Ahead-of-time compiled kernels (``ega-infer compile``) failed to build, or a prepared
+    directory does not match this host (Triton build, GPU architecture)."""
