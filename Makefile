@@ -25,7 +25,7 @@ VENV := .venv
 # torch is pinned EXACTLY: 2.13.0 is the CPU build that lies on local disk; a looser pin makes
 # pip pull a multi-GB CUDA build.
 DEPS := torch==2.13.0 numpy pybind11 scikit-build-core safetensors pytest pytest-benchmark matplotlib \
-        triton==3.6.0
+        triton==3.6.0 transformers==5.23.0
 MIN_CMAKE := 3.25
 
 ifeq ($(strip $(PYTHON)),)

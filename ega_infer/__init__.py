@@ -6,7 +6,8 @@ trie-constrained, bid-weighted beam search, a reward model and a payment network
 
 Layout: ``catalog`` (items, trie), ``model`` (modules), ``decoding`` (beam search),
 ``post`` (creatives, list selection, payments), ``engine`` (serving front end), ``ops`` and
-``kernels`` (native kernels with their PyTorch references).
+``kernels`` (native kernels with their PyTorch references), ``hf`` (Hugging Face Llama / Qwen3
+causal LMs served with catalog-constrained beam search).
 """
 
 from .catalog import Catalog, Creative, Item
@@ -21,6 +22,7 @@ from .exceptions import (
     FieldError,
     RequestError,
 )
+from .hf import CausalLMEngine, SidLayout
 from .model import GenerativeAdModel, ModelConfig
 from .presets import PRESETS
 from .request import Request
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Engine", "Request", "DecodeConfig", "ListScore", "Slate", "SlotResult", "Candidate",
     "Catalog", "Item", "Creative", "GenerativeAdModel", "ModelConfig", "PRESETS",
+    "CausalLMEngine", "SidLayout",
     "EgaInferError", "FieldError", "CatalogError", "RequestError", "ConfigError",
     "BackendUnavailableError", "CheckpointError", "__version__",
 ]

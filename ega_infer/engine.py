@@ -58,12 +58,23 @@ class Engine:
         dtype: torch.dtype | None = None,
         cuda_graphs: bool = True,
         fp8: bool = False,
+        compiled: str | Path | None = None,
     ) -> Engine:
         """A preset name (``tiny``, ``ega-base``, ``gr4ad-base``) or a directory written by
         ``GenerativeAdModel.save_pretrained``. ``tiny`` loads its shipped trained weights; the
         other presets start from deterministic random weights (seeded). ``cuda_graphs``: capture
         the decode stage in CUDA graphs on a GPU (see ``serving/graphs.py``). ``fp8``: FP8 weights
-        with per-channel scales for the sequence model's matrix products (``model/fp8.py``)."""
+        with per-channel scales for the sequence model's matrix products (``model/fp8.py``).
+        ``compiled``: a directory from ``ega-infer compile`` whose Triton kernels are served
+        without compiling (default: ``EGA_INFER_COMPILED`` when set, on a GPU)."""
+        if compiled is not None:
+            from .compile import use_compiled
+
+            use_compiled(compiled)
+        elif torch.device(device).type == "cuda":
+            from .compile import use_compiled_from_env
+
+            use_compiled_from_env()
         if str(path_or_preset) in PRESETS:
             preset = get_preset(str(path_or_preset))
             if preset.weights_dir is not None:
@@ -79,6 +90,17 @@ class Engine:
         if fp8:  # after the dtype cast, which would turn FP8 buffers back into dtype
             quantize_fp8(model)
         return cls(model, device, default, cuda_graphs)
+
+    @staticmethod
+    def from_hf(model_dir: str | Path, sid_layout, device: str | torch.device = "cpu",
+                dtype: torch.dtype | str | None = None, backend: str = "auto"):
+        """A Hugging Face ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` checkpoint served as a
+        generative recommender: returns a ``CausalLMEngine`` whose ``beam_search(prompts, sids,
+        num_beams, renormalize)`` decodes catalog semantic IDs laid out by ``sid_layout``
+        (``ega_infer.SidLayout``) on the engine's attention and beam-step ops."""
+        from .hf import CausalLMEngine
+
+        return CausalLMEngine.from_hf(model_dir, sid_layout, device, dtype, backend=backend)
 
     # -- catalog -----------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
