@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU pass in two calls that each fit one device command (< 10 minutes on an H100/H200):
+#
+#   bash bench/gpu_check.sh tests [OUTDIR]   # build for the local GPU only, CUDA/Triton tests
+#   bash bench/gpu_check.sh bench [OUTDIR]   # every kernel benchmark, ega-infer bench, HF bench
+#
+# OUTDIR defaults to $OUT (the device tool) or ./gpu_out; results and the log are packed into
+# one archive there. A warm machine keeps the build and Triton's cache between the two calls
+# (the bench call rebuilds only what changed).
+#
+# Each phase has its own time limit so a hang in one leaves the others' results; the table of
+# pass/fail per phase is printed last. Run from the repository root on the GPU host (Python with
+# torch, triton, pybind11, scikit-build-core, pytest, pytest-benchmark already installed).
+set -u
+MODE=${1:-tests}
+OUTDIR=${2:-${OUT:-gpu_out}}
+mkdir -p "$OUTDIR" bench/results
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/ega_triton_cache}
+PY=${PYTHON:-python3}
+LOG="$OUTDIR/gpu_check.log"
+: > "$LOG"
+declare -a SUMMARY
+
+phase() {  # phase NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  timeout "$limit" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  SUMMARY+=("$(printf '%-28s rc=%-4s %4ss' "$name" "$rc" "$((SECONDS - start))")")
+  tail -n 3 "$LOG"
+}
+
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$LOG" 2>&1
+ARCH=$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')")
+phase build 240 env EGA_INFER_CUDA=ON EGA_INFER_CUDA_ARCHS="$ARCH" \
+  $PY -m pip install --no-build-isolation --no-deps -e .
+if [ "$MODE" = tests ]; then
+  phase kernel-tests 170 $PY -m pytest -q -p no:cacheprovider --device=cuda \
+    tests/test_beam_step_cuda.py tests/test_decode_attention.py tests/test_beam_step.py \
+    tests/test_trie_log_softmax.py tests/test_prefill_attention.py tests/test_device_trie.py
+  phase engine-tests 140 $PY -m pytest -q -p no:cacheprovider --device=cuda \
+    tests/test_kernel_paths.py tests/test_cuda_graphs.py tests/test_fp8.py tests/test_beam_search.py \
+    tests/test_engine.py tests/test_hf_models.py tests/test_compile.py
+else
+  phase bench-beam-step 60 $PY bench/bench_beam_step.py --beams 512 --vocab 8192 --save
+  phase bench-decode-attn 60 $PY bench/bench_decode_attention.py --save
+  phase bench-prefill 60 $PY bench/bench_prefill_attention.py --save
+  phase bench-trie-softmax 40 $PY bench/bench_trie_log_softmax.py --save
+  phase bench-device-trie 50 $PY bench/bench_device_trie.py --save
+  phase e2e-gr4ad 100 $PY -m ega_infer bench --preset gr4ad-base --device cuda --dtype bfloat16 \
+    --mode candidates --items 1000000 --batches 8,32,128,256 --iters 5
+  phase e2e-ega 70 $PY -m ega_infer bench --preset ega-base --device cuda --dtype bfloat16 \
+    --items 100000 --batches 8,32,128 --iters 5
+  phase hf-bench 60 $PY bench/bench_hf_beam_search.py --device cuda --save
+fi
+
+tar czf "$OUTDIR/results_$MODE.tgz" bench/results "$LOG" 2>/dev/null
+echo
+echo "phase                        rc      time"
+printf '%s\n' "${SUMMARY[@]}"
