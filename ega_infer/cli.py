@@ -40,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--batch1-iters", type=int, default=20)
     bench.add_argument("--out", default=None, help="JSON path (default bench/results/e2e_<preset>_<device>_<time>.json)")
     bench.add_argument("--plot", default=None, help="PNG path (default: beside the JSON)")
+    bench.add_argument("--hf", action="store_true",
+                       help="instead: a random Hugging Face Llama served by the engine against transformers "
+                            "generate on the same weights (needs transformers)")
+    bench.add_argument("--hf-beams", default="16,64,256", help="with --hf: beam widths")
+    bench.add_argument("--hf-items", type=int, default=100_000, help="with --hf: catalog size")
     info = sub.add_parser("info", help="what was built: backends, CUDA architectures, versions, GPU")
     info.add_argument("--json", action="store_true")
     train = sub.add_parser("train", help="train the tiny preset on the synthetic world (the embedded default)")
@@ -163,6 +168,12 @@ def _bench(args: argparse.Namespace) -> int:
     from .exceptions import ConfigError
     from .serving.bench import BenchConfig, plot_bench, run_bench
 
+    if args.hf:
+        from .serving.hf_bench import main as hf_bench
+
+        hf_bench(["--device", args.device, "--items", str(args.hf_items), "--save",
+                  "--beams", *args.hf_beams.split(",")])
+        return 0
     try:
         batches = tuple(int(b) for b in args.batches.split(","))
     except ValueError:

@@ -60,3 +60,13 @@ def test_bench_writes_json_with_latency_and_throughput(tmp_path, capsys):
     assert [row["batch"] for row in engine["throughput"]] == [2, 3]
     assert all(row["requests_per_s"] > 0 for row in engine["throughput"])
     assert result["preset"] == "tiny" and result["device"].startswith("cpu")
+
+
+def test_bench_hf_compares_with_transformers(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)  # results go to ./bench/results
+    assert main(["bench", "--hf", "--hf-beams", "2", "--hf-items", "500"]) == 0
+    saved = list((tmp_path / "bench" / "results").glob("hf_beam_search_*.json"))
+    assert len(saved) == 1
+    result = json.loads(saved[0].read_text())["results"]["2"]
+    assert result["check"]["same_items_in_order"] and result["ratio"] > 0
