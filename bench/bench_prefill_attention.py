@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _timing import available_backends, time_us
 
 from ega_infer.ops.prefill_attention import prefill_attention
 
@@ -68,33 +67,8 @@ def call_synced(*args) -> torch.Tensor:
     return out
 
 
-def time_us(fn, device: torch.device) -> tuple[float, float, float]:
-    """(median, p20, p80) in microseconds."""
-    if device.type == "cuda":
-        import triton.testing
-
-        ms = triton.testing.do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
-        return tuple(1e3 * m for m in ms)
-    fn()
-    samples = []
-    deadline = time.perf_counter() + 1.0
-    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 200):
-        start = time.perf_counter()
-        fn()
-        samples.append(1e6 * (time.perf_counter() - start))
-    q = statistics.quantiles(samples, n=10)
-    return statistics.median(samples), q[1], q[7]
 
 
-def available_backends(device: torch.device) -> list[str]:
-    """torch everywhere, triton on a GPU; this op has no CUDA C++ backend."""
-    if device.type != "cuda":
-        return ["torch"]
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return ["torch"]
-    return ["torch", "triton"]
 
 
 def test_bench_prefill_attention_torch(benchmark) -> None:
@@ -125,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    backends = args.backends.split(",") if args.backends else available_backends(device)
+    backends = args.backends.split(",") if args.backends else available_backends(device, has_cuda_twin=False)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("note: TRITON_INTERPRET=1 is set; Triton timings would be the interpreter's")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from _timing import available_backends, time_us
 
-from ega_infer._native import cuda_module_or_none
 from ega_infer.ops.trie_log_softmax import trie_log_softmax, trie_log_softmax_torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -64,37 +62,8 @@ def call(inputs: dict, backend: str, alpha: float = 1.0, beta: float = 0.5) -> t
                             backend=backend)
 
 
-def time_us(fn, device: torch.device) -> tuple[float, float, float]:
-    """(median, p20, p80) in microseconds."""
-    if device.type == "cuda":
-        import triton.testing
-
-        ms = triton.testing.do_bench(fn, warmup=25, rep=200, quantiles=[0.5, 0.2, 0.8])
-        return tuple(1e3 * m for m in ms)
-    fn()
-    samples = []
-    deadline = time.perf_counter() + 1.0
-    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 200):
-        start = time.perf_counter()
-        fn()
-        samples.append(1e6 * (time.perf_counter() - start))
-    q = statistics.quantiles(samples, n=10)
-    return statistics.median(samples), q[1], q[7]
 
 
-def available_backends(device: torch.device) -> list[str]:
-    if device.type != "cuda":
-        return ["torch"]
-    backends = ["torch"]
-    try:
-        import triton  # noqa: F401
-
-        backends.append("triton")
-    except ImportError:
-        pass
-    if cuda_module_or_none() is not None:
-        backends.append("cuda")
-    return backends
 
 
 def test_bench_trie_log_softmax_torch(benchmark) -> None:
