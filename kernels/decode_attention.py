@@ -58,22 +58,10 @@ import triton
 import triton.language as tl
 
 from ..exceptions import BackendUnavailableError
+from ._attention import LOG2E, MAX_HEAD_DIM, dot
 from ._launch import Launch
 
 __all__ = ["decode_attention_triton", "decode_attention_launches", "MAX_HEAD_DIM"]
-
-_LOG2E = 1.4426950408889634
-MAX_HEAD_DIM = 256  # one [BLOCK_M, D] float32 accumulator per program must fit in registers
-
-
-@triton.jit
-def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """``a @ b (+ acc)`` in float32; UPCAST_DOT multiplies float32 copies (interpreter, bf16)."""
-    if UPCAST_DOT:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        out = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-    return out
 
 
 @triton.jit
@@ -103,7 +91,7 @@ def _ctx_block(
         else:
             kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
             v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-    score = _dot(q, kt, None, DOT_PRECISION, UPCAST_DOT) * qk_scale
+    score = dot(q, kt, None, DOT_PRECISION, UPCAST_DOT) * qk_scale
     if MASK_S:
         score = tl.where((s < hi)[None, :], score, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(score, 1))
@@ -111,7 +99,7 @@ def _ctx_block(
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(score - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
+    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
     return m_new, l_i, acc
 
 
@@ -406,7 +394,7 @@ def decode_attention_launches(
         target, *target.stride(),
         m_part, l_part, *(m_part.stride()[:3] if splits > 1 else (0, 0, 0)),
         p, hkv, ctx_size, own_k.shape[3] if has_own else 0, d, cfg["split_len"],
-        cfg["num_p_blocks"], scale * _LOG2E,
+        cfg["num_p_blocks"], scale * LOG2E,
     )
     meta = dict(
         GROUP=cfg["group"], GROUP_PAD=cfg["group_pad"], BLOCK_P=cfg["block_p"],

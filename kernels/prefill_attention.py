@@ -44,24 +44,12 @@ import triton
 import triton.language as tl
 
 from ..exceptions import BackendUnavailableError
+from ._attention import LOG2E, MAX_HEAD_DIM, dot
 from ._launch import Launch
 
 __all__ = [
     "prefill_attention_triton", "prefill_attention_launch", "query_block_map", "MAX_HEAD_DIM",
 ]
-
-_LOG2E = 1.4426950408889634
-MAX_HEAD_DIM = 256  # one [BLOCK_M, D] float32 accumulator per program must fit in registers
-
-
-@triton.jit
-def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """``a @ b (+ acc)`` in float32; UPCAST_DOT multiplies float32 copies (interpreter, bf16)."""
-    if UPCAST_DOT:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    else:
-        out = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-    return out
 
 
 @triton.jit
@@ -91,7 +79,7 @@ def _key_block(
         else:
             kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
             v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-    score = _dot(q, kt, None, DOT_PRECISION, UPCAST_DOT) * qk_scale
+    score = dot(q, kt, None, DOT_PRECISION, UPCAST_DOT) * qk_scale
     if MASK:
         keep = (n < seq_len)[None, :]
         if CAUSAL:
@@ -102,7 +90,7 @@ def _key_block(
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(score - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
+    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
     return m_new, l_i, acc
 
 
@@ -287,7 +275,7 @@ def prefill_attention_launch(
     grid = (block_seq.numel(), hq)
     args = (
         q, *q.stride(), k, *k.stride(), v, *v.stride(), out, *out.stride(),
-        cu_seqlens.contiguous(), block_seq, block_start, d, scale * _LOG2E,
+        cu_seqlens.contiguous(), block_seq, block_start, d, scale * LOG2E,
     )
     meta = dict(
         GROUP=hq // hkv, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_D=block_d,
