@@ -157,7 +157,7 @@ class DeviceTrie:
         self.max_leaf_items = max_leaf_items  # the most items any leaf holds
 
     def _child_keys(self) -> list[torch.Tensor]:
-        """Children are sorted by (parent, code): a global key makes child lookup a searchsorted.
+        """Children are sorted by (parent, code): a global key makes SID lookup a searchsorted.
         Sized from the shapes, so no host synchronisation."""
         keys = []
         for level in range(self.levels):
@@ -179,11 +179,6 @@ class DeviceTrie:
         valid = offset < count[:, None]
         child = torch.where(valid, start[:, None] + offset, 0).clamp(max=max(self.node_code[level].numel() - 1, 0))
         return child, valid
-
-    def child(self, level: int, node: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """Depth-(level+1) node reached from depth-``level`` ``node`` by ``code`` (must exist)."""
-        key = node.long() * self.codebook_sizes[level] + code.long()
-        return torch.searchsorted(self.child_key[level], key)
 
     def resolve(self, leaf: torch.Tensor) -> torch.Tensor:
         """Default item of each leaf: its highest-bid ad, else its first organic item."""

@@ -127,8 +127,7 @@ def beam_step(
         return beam_step_triton(*args, **options, renormalize=bool(renormalize))
     from .._native import beam_step_cuda
 
-    out = beam_step_cuda(*args, **options)  # the five [N, k] tensors, in BeamStep's field order
-    return out if isinstance(out, BeamStep) else BeamStep(*out)
+    return BeamStep(*beam_step_cuda(*args, **options))  # the five [N, k] tensors, in field order
 
 
 def beam_step_torch(
