@@ -90,38 +90,3 @@ def test_engine_batch_with_triton_kernels_equals_the_reference(backend, device, 
         assert a.ok and b.ok
         assert [s.item_id for s in a.slots] == [s.item_id for s in b.slots]
         np.testing.assert_allclose([s.payment for s in a.slots], [s.payment for s in b.slots], atol=1e-4)
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("mode", ["candidates", "lists"])
-def test_decode_loop_never_synchronises_with_the_host(device, mode):
-    """Every level, the slate rules and the creative choice run with fixed shapes: CUDA's sync
-    debug mode raises on any device-to-host wait inside the decode and creative stages."""
-    if device.type != "cuda":
-        pytest.skip("host synchronisation is a CUDA notion: needs --device=cuda and a GPU")
-    from ega_infer.decoding import beam_search
-    from ega_infer.post import choose_creatives
-    from ega_infer.request import collate, prepare_request
-
-    engine = Engine.from_pretrained("tiny", device=device)
-    catalog = synthetic_catalog(engine.config, n_items=300, seed=3)
-    engine.set_catalog(catalog)
-    config = DecodeConfig(mode=mode, beams=(4, 8, 8), num_slots=3, **({"max_ads": 2} if mode == "lists" else {}))
-    prepared = [prepare_request(r, engine.config, catalog, mode == "lists")
-                for r in synthetic_requests(catalog, engine.config, n=3, seed=4)]
-    history, organic = collate(prepared, device)
-    memory, mask = engine.model.encoder(history, config.backend)
-    ctx = engine.model.decoder.context(memory, mask)
-    trie = catalog.device_trie(device)
-    is_ad = torch.tensor(catalog.is_ad, device=device)
-    tensors = engine._catalog_state(catalog)[1]
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        beams = beam_search(engine.model.decoder, ctx, trie, is_ad, config, organic)
-        if mode == "lists":
-            choose_creatives(engine.model, engine.model.creative.context(memory, mask), beams.items,
-                             beams.poi_codes, beams.hidden, tensors["creative_ptr"], tensors["creative_codes"],
-                             tensors["max_creatives"])
-    finally:
-        torch.cuda.set_sync_debug_mode("default")

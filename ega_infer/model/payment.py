@@ -52,9 +52,10 @@ class PaymentNetwork(nn.Module):
         padded = torch.zeros(n, self.max_slots, device=bids.device, dtype=bids.dtype)
         padded[:, :k] = bids
         # row i holds the other slots' bids in slot order with slot i removed: [L, K, max_slots - 1]
-        slots = torch.arange(self.max_slots, device=bids.device)
-        keep = slots[None, :] != slots[:k, None]
-        others = padded[:, None, :].expand(n, k, -1)[:, keep].reshape(n, k, self.max_slots - 1)
+        # (a gather, not a boolean mask: a mask index syncs with the host and breaks graph capture)
+        column = torch.arange(self.max_slots - 1, device=bids.device)
+        slot = torch.arange(k, device=bids.device)[:, None]
+        others = padded[:, column + (column >= slot)]
         share = torch.where(is_ad, threshold.float() / bids.clamp(min=1e-12), 0.0).clamp(0, 1)
         features = torch.cat([slot_repr.float(), others, alloc_value.float().unsqueeze(-1), share.unsqueeze(-1)], dim=-1)
         markup = self.mlp(features.to(slot_repr.dtype)).float()
