@@ -246,6 +246,10 @@ def _compile(args: argparse.Namespace) -> int:
           f"{', '.join(manifest['archs'])}) for presets {', '.join(manifest['presets'])}, "
           f"{len(manifest['launchers'])} launcher stubs, in {time.perf_counter() - start:.0f} s "
           f"({sum(k['seconds'] for k in kernels):.0f} s of compiling)")
+    for k in kernels:  # spills go to local memory: a tile that does not fit the register file
+        if k["stack_bytes"]:
+            print(f"spills: {k['kernel']} {k['arch']} {k['registers']} registers + {k['stack_bytes']} "
+                  f"stack bytes per thread ({k['examples'][0]})")
     print(f"manifest: {Path(args.out).resolve() / 'manifest.json'}")
     print(f"serve with: EGA_INFER_COMPILED={Path(args.out).resolve()} (ega_infer.compile.use_compiled)")
     return 0

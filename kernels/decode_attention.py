@@ -29,7 +29,9 @@ Design
 * Head dims that are not a power of two (or below 16) are padded to BLOCK_D with masked loads;
   ``tl.dot`` needs every tile side >= 16, hence BLOCK_M, BLOCK_S, BLOCK_D >= 16.
 * float32 inputs use ``input_precision="ieee"`` (no TF32) so results match the float32
-  reference to ~1e-6; bf16/fp16 feed the tensor cores and cast P to the input dtype for P @ V.
+  reference to ~1e-6; those dots run on FMAs, so float32 tiles are small (16-wide key tiles,
+  BLOCK_M * D <= 2048, 8 warps: no register spills in the sm_90 cubins). bf16/fp16 feed the
+  tensor cores and cast P to the input dtype for P @ V.
 
 Goals on an H100 SXM (bf16, 16 requests, D = 128, Hq = 16, Hkv = 4, a 2048-token context, see
 ``bench/bench_decode_attention.py``): >= 75% of the 3.0 TB/s memory roofline at 64 beams per
@@ -273,10 +275,14 @@ def _choose_config(q: torch.Tensor, num_kv_heads: int, ctx_size: int, block_d: i
     group = hq // num_kv_heads
     group_pad = triton.next_power_of_2(group)
     interpreted = _interpreted()
-    wide = q.dtype == torch.float32 or block_d > 128
+    fp32 = q.dtype == torch.float32
     if interpreted:
         block_s, max_m = 16, 64
-    elif wide:
+    elif fp32:
+        # "ieee" dots run on FMAs, each thread holding whole operand rows: ptxas (sm_90) keeps
+        # 16-wide key tiles and BLOCK_M * D <= 2048 at 8 warps under 255 registers, no spills.
+        block_s, max_m = 16, max(16, 2048 // block_d)
+    elif block_d > 128:
         block_s, max_m = 32, 64
     else:
         block_s, max_m = 64, 128
@@ -309,7 +315,7 @@ def _choose_config(q: torch.Tensor, num_kv_heads: int, ctx_size: int, block_d: i
     return dict(
         group=group, group_pad=group_pad, block_p=block_p, block_m=block_m, block_s=block_s,
         num_p_blocks=num_p_blocks, programs=programs, num_splits=num_splits, split_len=split_len,
-        num_warps=8 if block_m >= 128 else 4, num_stages=2 if wide else 3,
+        num_warps=8 if block_m >= 128 or fp32 else 4, num_stages=2 if fp32 or block_d > 128 else 3,
     )
 
 

@@ -22,7 +22,8 @@ Design
 * Grouped-query heads: query head h reads key/value head h // (Hq / Hkv); the query heads of a
   group re-read the same K/V tiles, which then come from L2.
 * Head dims that are not a power of two (or below 16) are padded to BLOCK_D with masked loads.
-  float32 inputs use ``input_precision="ieee"`` (no TF32).
+  float32 inputs use ``input_precision="ieee"`` (no TF32): FMA dots, so float32 tiles are small
+  (16-wide key tiles, BLOCK_M * D <= 2048, 8 warps; no register spills in the sm_90 cubins).
 
 Goal on an H100 SXM: >= 450 TFLOP/s in bf16 at 2048-token sequences, head dim 128 (see
 ``bench/bench_prefill_attention.py``). The block sizes below are starting points picked from the
@@ -202,7 +203,9 @@ def _choose_config(dtype: torch.dtype, block_d: int, causal: bool,
     """Tile sizes, warps and stages (starting points, see module doc)."""
     if _interpreted():
         bm, bn, warps, stages = 16, 16, 4, 1
-    elif dtype == torch.float32 or block_d > 128:
+    elif dtype == torch.float32:  # FMA dots: small tiles keep sm_90 cubins free of spills
+        bm, bn, warps, stages = min(64, max(16, 2048 // block_d)), 16, 8, 2
+    elif block_d > 128:
         bm, bn, warps, stages = 64, 32, 4, 2
     else:
         bm, bn, warps, stages = 128, 64, 8, 3

@@ -30,6 +30,7 @@ from ega_infer.compile import (  # noqa: E402
     check_cuda_archs,
     compile_kernels,
     cubin_arch,
+    cubin_resources,
     parse_archs,
     read_manifest,
     use_compiled,
@@ -144,10 +145,15 @@ def test_manifest_lists_every_kernel_for_every_arch(compiled):
         assert entry["seconds"] > 0 and entry["cache_key"] and entry["calls"] >= 1
         assert (compiled / entry["launcher"]).stat().st_size > 0
         assert entry["specialization"]["num_warps"] >= 1
+        assert cubin_resources(data) == {"registers": entry["registers"], "stack_bytes": entry["stack_bytes"]}
+        assert 0 < entry["registers"] <= 255
+        assert entry["stack_bytes"] == 0, f"{entry['kernel']} {entry['arch']} spills: the tiles do not fit"
     assert (compiled / manifest["cuda_utils"]).stat().st_size > 0
 
 
-def test_cubins_carry_their_arch_per_cuobjdump(compiled):
+def test_cubins_carry_their_arch_and_resources_per_cuobjdump(compiled):
+    import re
+
     import triton
 
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -155,9 +161,14 @@ def test_cubins_carry_their_arch_per_cuobjdump(compiled):
     if tool is None:
         pytest.skip("no cuobjdump on PATH or in Triton's backends/nvidia/bin")
     for entry in read_manifest(compiled)["kernels"]:
-        listing = subprocess.run([tool, "--list-elf", str(compiled / entry["cubin"])], capture_output=True,
-                                 text=True, check=True).stdout
+        cubin = str(compiled / entry["cubin"])
+        listing = subprocess.run([tool, "--list-elf", cubin], capture_output=True, text=True, check=True).stdout
         assert f".{entry['cubin_arch']}.cubin" in listing, listing
+        usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True,
+                               check=True).stdout
+        found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+        assert found, usage
+        assert (entry["registers"], entry["stack_bytes"]) == (int(found[1]), int(found[2]))
 
 
 def test_use_compiled_rejects_a_manifest_from_another_triton(compiled, tmp_path):

@@ -14,7 +14,8 @@ What is compiled (every kernel launch the presets make) is described in ``_specs
 what Triton allows offline, in ``_build``; the loading path in ``_load``.
 """
 
-from ._build import check_cuda_archs, compile_kernels, cubin_arch, parse_archs
+from ._build import check_cuda_archs, compile_kernels, parse_archs
+from ._cubin import cubin_arch, cubin_resources
 from ._load import CompiledKernels, read_manifest, use_compiled, use_compiled_from_env
 from ._specs import GPUS, Coverage
 
@@ -28,5 +29,6 @@ __all__ = [
     "parse_archs",
     "check_cuda_archs",
     "cubin_arch",
+    "cubin_resources",
     "read_manifest",
 ]

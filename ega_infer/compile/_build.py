@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..exceptions import BackendUnavailableError, CompiledKernelsError, ConfigError
+from ._cubin import cubin_arch, cubin_resources
 from ._specs import GPUS, Coverage
 
 __all__ = [
     "compile_kernels",
     "parse_archs",
     "check_cuda_archs",
-    "cubin_arch",
     "CACHE_DIRNAME",
     "MANIFEST_NAME",
     "MANIFEST_FORMAT",
@@ -104,26 +104,6 @@ def check_cuda_archs(archs: Sequence[int], built: Sequence[str] | None = None) -
     return built
 
 
-def cubin_arch(data: bytes) -> str:
-    """The SM a cubin was built for, from its ELF header (``"sm_90a"``); ``ValueError`` if unknown.
-
-    CUDA ELF (``e_machine`` 190 = EM_CUDA) with ABI version 7 keeps the SM in the low byte of
-    ``e_flags`` and 0x800 marks the arch-specific ``a`` variant; ABI version 8 moved the SM to
-    bits 8-15."""
-    if data[:4] != b"\x7fELF" or data[4] != 2:
-        raise ValueError("not a 64-bit ELF file")
-    machine = int.from_bytes(data[18:20], "little")
-    if machine != 190:
-        raise ValueError(f"ELF machine {machine} is not EM_CUDA (190)")
-    flags = int.from_bytes(data[48:52], "little")
-    abi = data[8]
-    if abi == 7:
-        return f"sm_{flags & 0xFF}" + ("a" if flags & 0x800 else "")
-    if abi == 8:
-        return f"sm_{(flags >> 8) & 0xFF}"
-    raise ValueError(f"unknown CUDA ELF ABI version {abi}")
-
-
 # -- worker side ----------------------------------------------------------------------------------
 def _worker_init(cache_dir: str, keep_ir: bool) -> None:
     os.environ.pop("TRITON_INTERPRET", None)  # else @triton.jit gives interpreter functions
@@ -167,6 +147,7 @@ def _compile_task(job: dict) -> dict:
         "cubin_bytes": len(data),
         "cubin_arch": cubin_arch(data),
         "shared_bytes": int(compiled.metadata.shared),
+        **cubin_resources(data),
         "seconds": round(seconds, 3),
         "cached": bool(hits and hits[0]),
         "source_key": kernel.cache_key,
@@ -377,6 +358,8 @@ def compile_kernels(
             "cubin_bytes": record["cubin_bytes"],
             "cubin_arch": record["cubin_arch"],
             "shared_bytes": record["shared_bytes"],
+            "registers": record["registers"],
+            "stack_bytes": record["stack_bytes"],
             "seconds": record["seconds"],
             "cached": record["cached"],
             "launcher": rel(launcher_paths.get(record["launcher_source"])),
