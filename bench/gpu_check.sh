@@ -40,7 +40,7 @@ if [ "$MODE" = tests ]; then
     tests/test_beam_step_cuda.py tests/test_decode_attention.py tests/test_beam_step.py \
     tests/test_trie_log_softmax.py tests/test_prefill_attention.py tests/test_device_trie.py
   phase engine-tests 140 $PY -m pytest -q -p no:cacheprovider --device=cuda \
-    tests/test_kernel_paths.py tests/test_cuda_graphs.py tests/test_fp8.py tests/test_beam_search.py \
+    tests/test_kernel_paths.py tests/test_host_sync.py tests/test_cuda_graphs.py tests/test_fp8.py tests/test_beam_search.py \
     tests/test_engine.py tests/test_hf_models.py tests/test_compile.py
 else
   phase bench-beam-step 60 $PY bench/bench_beam_step.py --beams 512 --vocab 8192 --save
