@@ -144,8 +144,46 @@ class Engine:
 
     def stats(self) -> dict:
         """Serving statistics: per beam schedule, batches and requests served and recent p50/p99
-        batch latency (dynamic beam serving)."""
-        return {"beam_schedules": self.beam_controller.stats()}
+        batch latency (dynamic beam serving); CUDA graphs captured and replayed."""
+        graphs = self.decode_graphs
+        return {"beam_schedules": self.beam_controller.stats(),
+                "cuda_graphs": None if graphs is None else {"captured": graphs.captures, "replays": graphs.replays}}
+
+    @torch.no_grad()
+    def warmup(self, config: DecodeConfig | None = None, batch_sizes: Sequence[int] | None = None) -> dict:
+        """Compile the kernels and capture the CUDA graphs of every beam schedule of ``config``
+        (``beams`` and each fallback) at every batch bucket, before serving: otherwise the first
+        batch of each (bucket, schedule) pays for them, and a controller switching to a fallback
+        under load would pay exactly when latency matters. Needs a catalog; a catalog swap
+        captures again on its first batch. Returns what was run and how long it took."""
+        config = config or self.default_config
+        catalog, tensors = self._current(None)
+        if batch_sizes is None:
+            batch_sizes = self.decode_graphs.buckets if self.decode_graphs is not None else (1,)
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+            raise ConfigError("batch_sizes", f"is {tuple(batch_sizes)!r}", "positive ints")
+        if len(catalog) == 0:
+            raise CatalogError("catalog", "has no items", "a catalog with items to warm up on")
+        from .demo import synthetic_requests
+
+        start = time.perf_counter()
+        requests = synthetic_requests(catalog, self.config, n=max(batch_sizes), seed=0)
+        runs = 0
+        for schedule in config.schedules():  # the configs generate() builds, so the graph keys match
+            schedule_config = config if schedule == config.beams else dataclasses.replace(config, beams=schedule)
+            self._check(schedule_config)
+            for size in batch_sizes:
+                prepared = [prepare_request(r, self.config, catalog, config.mode == "lists") for r in requests[:size]]
+                self._serve(prepared, schedule_config, catalog, tensors, _StageTimer(self.device))
+                runs += 1
+        return {"schedules": len(config.schedules()), "batch_sizes": tuple(batch_sizes), "runs": runs,
+                "seconds": time.perf_counter() - start, **(self.stats()["cuda_graphs"] or {})}
+
+    def _check(self, config: DecodeConfig) -> None:
+        """What a config must satisfy against this model (its own fields check themselves)."""
+        config.beam_schedule(self.config.levels)
+        if config.num_slots > self.config.decoder.max_slots:
+            raise ConfigError("num_slots", f"is {config.num_slots}", f"at most {self.config.decoder.max_slots} (the model's max_slots)")
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -161,9 +199,7 @@ class Engine:
         schedule = self.beam_controller.choose(config, len(requests), queue_depth)
         if schedule != config.beams:
             config = dataclasses.replace(config, beams=schedule)
-        config.beam_schedule(self.config.levels)
-        if config.num_slots > self.config.decoder.max_slots:
-            raise ConfigError("num_slots", f"is {config.num_slots}", f"at most {self.config.decoder.max_slots} (the model's max_slots)")
+        self._check(config)
         lists_mode = config.mode == "lists"
         timer = _StageTimer(self.device)
 

@@ -79,3 +79,45 @@ def test_catalog_swap_between_replays_is_honoured(engines):
         engine.set_catalog(other)
     _same(graphs.generate(requests), eager.generate(requests))
     assert graphs.decode_graphs.captures == 2
+
+
+def test_warmup_prepares_every_schedule_and_bucket_that_serving_uses():
+    """``Engine.warmup`` runs each (bucket, beam schedule) once; serving afterwards, whatever
+    schedule the controller picks, finds its entry (capture=False: the same keys as graphs)."""
+    engine = Engine.from_pretrained("tiny")
+    engine.decode_graphs = DecodeGraphs(1 + engine.config.encoder.max_history, buckets=(1, 2, 4), capture=False)
+    engine.set_catalog(synthetic_catalog(engine.config, n_items=300, seed=1))
+    config = dataclasses.replace(engine.default_config, fallback_beams=((8,), (4,)))
+    report = engine.warmup(config)
+    assert report["runs"] == 9 and report["schedules"] == 3 and report["batch_sizes"] == (1, 2, 4)
+    assert len(engine.decode_graphs._entries) == 9
+    assert engine.stats()["beam_schedules"] == {}  # warm-up is not traffic
+    requests = synthetic_requests(engine.catalog, engine.config, n=4, seed=2)
+    for queue_depth in (0, 3, 8):  # the controller picks 16, then 8, then 4 beams
+        engine.generate(requests[:3], config, queue_depth=queue_depth)
+    assert len(engine.decode_graphs._entries) == 9
+    assert set(engine.stats()["beam_schedules"]) == {"16", "8", "4"}
+
+
+def test_warmup_rejects_bad_input():
+    from ega_infer.exceptions import CatalogError, ConfigError
+
+    engine = Engine.from_pretrained("tiny")
+    with pytest.raises(CatalogError, match="catalog"):
+        engine.warmup()
+    engine.set_catalog(synthetic_catalog(engine.config, n_items=100, seed=1))
+    with pytest.raises(ConfigError, match="batch_sizes"):
+        engine.warmup(batch_sizes=(1, 0))
+    with pytest.raises(ConfigError, match="num_slots"):
+        engine.warmup(dataclasses.replace(engine.default_config, num_slots=99))
+
+
+def test_warmup_captures_every_graph_before_traffic(engines):
+    graphs, _ = engines
+    config = dataclasses.replace(graphs.default_config, fallback_beams=((8,),))
+    report = graphs.warmup(config, batch_sizes=(1, 4))
+    assert report["captured"] == 4 and graphs.decode_graphs.captures == 4
+    requests = synthetic_requests(graphs.catalog, graphs.config, n=3, seed=2)
+    graphs.generate(requests, config)
+    graphs.generate(requests[:1], config, queue_depth=5)
+    assert graphs.decode_graphs.captures == 4 and graphs.stats()["cuda_graphs"]["replays"] >= 2
