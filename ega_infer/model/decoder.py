@@ -116,6 +116,8 @@ class LazyARDecoder(nn.Module):
         ``backend`` other than "torch" (resolved per device, see ``ops``) runs both attentions
         through the ``decode_attention`` kernel op; "torch" uses PyTorch's SDPA."""
         kernel = resolve_backend(backend, x.device, "decode_attention") != "torch"
+        if kernel:  # self-attention reads only the beams' own positions: an empty context
+            no_len = torch.zeros_like(ctx.lengths)
         keys, values = [], []
         for i, block in enumerate(self.blocks[self.split:]):
             layer = self.split + i
@@ -128,7 +130,6 @@ class LazyARDecoder(nn.Module):
             q = block.self_attn.project_q(h)  # [N, B, H, 1, hd]
             if kernel:
                 no_ctx = k.new_empty(k.shape[0], k.shape[2], 0, k.shape[4])
-                no_len = torch.zeros_like(ctx.lengths)
                 x = x + block.self_attn.attend_beams(q.squeeze(3), no_ctx, no_ctx, no_len, k, v, backend)
                 q = block.cross_attn.project_q(block.cross_norm(x)).transpose(1, 2)  # [N, B, H, hd]
                 x = x + block.cross_attn.attend_beams(q, ctx.keys[layer], ctx.values[layer], ctx.lengths, backend=backend)
