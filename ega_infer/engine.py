@@ -160,8 +160,8 @@ class Engine:
         catalog, tensors = self._current(None)
         if batch_sizes is None:
             batch_sizes = self.decode_graphs.buckets if self.decode_graphs is not None else (1,)
-        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
-            raise ConfigError("batch_sizes", f"is {tuple(batch_sizes)!r}", "positive ints")
+        if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+            raise ConfigError("batch_sizes", f"is {tuple(batch_sizes)!r}", "one or more positive ints")
         if len(catalog) == 0:
             raise CatalogError("catalog", "has no items", "a catalog with items to warm up on")
         from .demo import synthetic_requests

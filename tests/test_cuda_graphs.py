@@ -106,8 +106,9 @@ def test_warmup_rejects_bad_input():
     with pytest.raises(CatalogError, match="catalog"):
         engine.warmup()
     engine.set_catalog(synthetic_catalog(engine.config, n_items=100, seed=1))
-    with pytest.raises(ConfigError, match="batch_sizes"):
-        engine.warmup(batch_sizes=(1, 0))
+    for bad in ((1, 0), (), (2.0,)):
+        with pytest.raises(ConfigError, match="batch_sizes"):
+            engine.warmup(batch_sizes=bad)
     with pytest.raises(ConfigError, match="num_slots"):
         engine.warmup(dataclasses.replace(engine.default_config, num_slots=99))
 
