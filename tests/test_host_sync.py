@@ -138,6 +138,23 @@ def test_decode_to_payments_never_synchronises(device, kernel_backend, mode, mon
 
 
 @torch.no_grad()
+@pytest.mark.interpreter
+def test_encoder_never_synchronises(device, kernel_backend):
+    """The eager encoder on packed histories (prefill kernel per layer): the host keeps
+    launching while the GPU works, so a batch's only waits are the transfers."""
+    from ega_infer.request import collate, prepare_request
+
+    engine = Engine.from_pretrained("tiny", device=device, cuda_graphs=False)
+    catalog = synthetic_catalog(engine.config, n_items=300, seed=3)
+    prepared = [prepare_request(r, engine.config, catalog, True)
+                for r in synthetic_requests(catalog, engine.config, n=3, seed=4)]
+    history, _ = collate(prepared, device)
+    with HostSyncGuard() as guard:
+        engine.model.encoder(history, kernel_backend)
+    assert guard.found == []
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("mode", ["candidates", "lists"])
 def test_decode_loop_never_synchronises_with_the_host(device, mode):
     """Every level, the slate rules and the creative choice run with fixed shapes: CUDA's sync

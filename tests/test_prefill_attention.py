@@ -166,6 +166,30 @@ def test_bad_inputs_name_the_field(case: dict, field: str) -> None:
     assert info.value.field == field
 
 
+def test_check_seqlens_false_skips_only_the_value_check(monkeypatch) -> None:
+    """Callers that built cu_seqlens (the encoder, once per layer) skip the one check that reads
+    it on the host; the shape, dtype and device checks still run."""
+    from ega_infer.ops.prefill_attention import _check_inputs
+
+    cases = _bad_inputs()
+    good = make_case([3, 4], 4, 2, 16, device=torch.device("cpu"))
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(1) or tolist(t))
+    for bad in cases:
+        case, field = bad.values
+        args = (case["q"], case["k"], case["v"], case["cu_seqlens"])
+        if bad.id in ("cu-start", "cu-end", "cu-decreasing"):  # values: checked only on request
+            _check_inputs(*args, check_seqlens=False)
+        else:
+            with pytest.raises(FieldError) as info:
+                _check_inputs(*args, check_seqlens=False)
+            assert info.value.field == field
+    assert reads == []
+    _check_inputs(good["q"], good["k"], good["v"], good["cu_seqlens"])
+    assert reads == [1]  # the default reads cu_seqlens once
+
+
 def test_auto_with_cuda_module_picks_triton(monkeypatch) -> None:
     # resolve_backend answers "cuda" for "auto" where ega_infer._cuda is built; this op has no
     # CUDA kernel, so it takes Triton (here: torch, as if triton were missing).

@@ -165,7 +165,7 @@ class CausalLM(nn.Module):
         for i, layer in enumerate(self.layers):
             q, k, v = layer.attn.project(layer.input_norm(x), cos, sin)
             out = prefill_attention(q, k, v, cu_seqlens, causal=True, scale=layer.attn.scale,
-                                    backend=backend)
+                                    backend=backend, check_seqlens=False)  # built by the engine
             if last is not None and i == len(self.layers) - 1:
                 x, out = x[last], out[last]
             x = layer.finish(x, out)

@@ -31,6 +31,7 @@ def prefill_attention(
     causal: bool,
     scale: float | None = None,
     backend: Backend = "auto",
+    check_seqlens: bool = True,
 ) -> torch.Tensor:
     """Attention within each packed sequence: ``out[i] = softmax(scale * K_b q_i) V_b``.
 
@@ -43,6 +44,9 @@ def prefill_attention(
     scale : softmax scale, ``1 / sqrt(D)`` by default.
     backend : "auto" | "torch" | "triton". There is no CUDA C++ backend for this op: "cuda"
         raises, and "auto" picks Triton on a GPU.
+    check_seqlens : check cu_seqlens' values (reads them on the host: one device sync per
+        call). Callers that built cu_seqlens themselves (the engine's encoder, once per layer)
+        pass False; shapes, dtypes and devices are checked either way.
 
     Returns
     -------
@@ -51,15 +55,15 @@ def prefill_attention(
     Raises
     ------
     FieldError : a shape, dtype or device does not match, Hq is not a multiple of Hkv, or
-        cu_seqlens does not start at 0, decrease somewhere or not end at T (reading its values
-        synchronises with the device once).
+        cu_seqlens does not start at 0, decrease somewhere or not end at T (with
+        ``check_seqlens``; reading its values synchronises with the device once).
     BackendUnavailableError : the requested backend cannot run here.
     """
     from ..exceptions import BackendUnavailableError
 
     if backend == "cuda":
         raise BackendUnavailableError("prefill_attention has no CUDA backend; use triton")
-    _check_inputs(q, k, v, cu_seqlens)
+    _check_inputs(q, k, v, cu_seqlens, check_seqlens)
     chosen = resolve_backend(backend, q.device, "prefill_attention")
     if chosen == "cuda":  # "auto" with the CUDA module built: this op is Triton's
         chosen = "triton" if triton_available() else "torch"
@@ -110,7 +114,7 @@ def prefill_attention_torch(
     return out.to(q.dtype)
 
 
-def _check_inputs(q, k, v, cu_seqlens) -> None:
+def _check_inputs(q, k, v, cu_seqlens, check_seqlens: bool = True) -> None:
     from ..exceptions import FieldError
 
     if q.dim() != 3:
@@ -136,6 +140,8 @@ def _check_inputs(q, k, v, cu_seqlens) -> None:
             raise FieldError(name, f"has dtype {t.dtype}", f"q's dtype {q.dtype}")
         if t.device != q.device:
             raise FieldError(name, f"is on {t.device}", f"q's device {q.device}")
+    if not check_seqlens:
+        return
     steps = cu_seqlens[1:] - cu_seqlens[:-1]
     first, last, drops = torch.stack(
         [cu_seqlens[0], cu_seqlens[-1], (steps < 0).sum().to(cu_seqlens.dtype)]
