@@ -29,6 +29,7 @@ from .presets import PRESETS, get_preset
 from .request import PreparedRequest, Request, collate, prepare_request
 from .serving.controller import BeamController
 from .serving.graphs import DecodeGraphs
+from .serving.transfer import to_host
 from .slate import Candidate, Slate, SlotResult
 
 __all__ = ["Engine", "ServedBatch"]
@@ -365,7 +366,7 @@ _NO_TIMER = _NoTimer()
 
 
 def _to_numpy(**tensors: torch.Tensor) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+    return to_host(tensors)  # one device-to-host copy for every field
 
 
 def _build_slates(out: dict[str, np.ndarray], catalog: Catalog, config: DecodeConfig, ids: list[str]) -> list[Slate]:

@@ -16,6 +16,7 @@ from .catalog import Catalog
 from .exceptions import RequestError
 from .model.config import ModelConfig
 from .model.encoder import History, packed_layout
+from .serving.transfer import to_device
 
 __all__ = ["Request", "PreparedRequest", "prepare_request", "collate"]
 
@@ -104,12 +105,11 @@ def collate(batch: Sequence[PreparedRequest], device: torch.device) -> tuple[His
         actions[i, :length], times[i, :length] = r.actions, r.time_buckets
         organic[i, : len(r.organic_rows)] = r.organic_rows
 
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).to(device)
-
     index, cu_seqlens = packed_layout(lengths, s + 1)  # the encoder's 1 + S positions, on the host
-    packing = (index.to(device), cu_seqlens.to(device))
-    return History(t(poi), t(creative), t(actions), t(times), t(lengths), packing), t(organic)
+    fields = to_device([poi, creative, actions, times, lengths, organic, index.numpy(), cu_seqlens.long().numpy()],
+                       device)  # one transfer for the whole batch
+    poi, creative, actions, times, lengths, organic, index, cu_seqlens = fields
+    return History(poi, creative, actions, times, lengths, (index, cu_seqlens.int())), organic
 
 
 def _int_matrix(name: str, values, width: int, rows: int | None = None) -> np.ndarray:

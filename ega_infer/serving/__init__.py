@@ -1,4 +1,5 @@
-"""Serving policy around the engine: dynamic beam schedules and the end-to-end benchmark."""
+"""Serving around the engine: dynamic beam schedules, decode-stage CUDA graphs, one-copy
+host-device transfers, and the end-to-end benchmark."""
 
 from .controller import BeamController
 
