@@ -48,7 +48,9 @@ class CandidateLists:
         return self.welfare().argmax(-1)
 
     def at(self, t: torch.Tensor, winner: torch.Tensor) -> torch.Tensor:
-        return t[torch.arange(len(winner), device=winner.device), winner]
+        """``t[n, winner[n]]`` for ``t [N, L, ...]``: one gather (no index tensor to build)."""
+        index = winner.reshape(-1, 1, *([1] * (t.dim() - 2))).expand(-1, 1, *t.shape[2:])
+        return t.gather(1, index).squeeze(1)
 
     def take(self, rows: torch.Tensor) -> CandidateLists:
         """The lists of requests ``rows``."""
