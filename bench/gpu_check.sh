@@ -42,6 +42,7 @@ phase() {  # phase NAME SECONDS COMMAND...
   local rc=$?
   SUMMARY+=("$(printf '%-28s rc=%-4s %4ss' "$name" "$rc" "$((SECONDS - start))")")
   tail -n 3 "$LOG"
+  cp -r bench/results "$OUTDIR/" 2>/dev/null  # kept even if a later phase runs out the lease
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$LOG" 2>&1
@@ -60,12 +61,14 @@ else  # the goals first: if the lease runs out, the end-to-end numbers are what 
     --mode candidates --items 1000000 --batches 8,32,128,256 --iters 5
   phase e2e-ega 80 $PY -m ega_infer bench --preset ega-base --device cuda --dtype bfloat16 \
     --items 100000 --batches 8,32,128 --iters 5
-  phase bench-beam-step 50 $PY bench/bench_beam_step.py --beams 512 --vocab 8192 --save
-  phase bench-decode-attn 50 $PY bench/bench_decode_attention.py --save
-  phase bench-prefill 50 $PY bench/bench_prefill_attention.py --save
-  phase hf-bench 50 $PY bench/bench_hf_beam_search.py --device cuda --save
-  phase bench-trie-softmax 30 $PY bench/bench_trie_log_softmax.py --save
-  phase bench-device-trie 40 $PY bench/bench_device_trie.py --save
+  phase profile-gr4ad 50 $PY bench/profile_engine.py --preset gr4ad-base --device cuda --dtype bfloat16 \
+    --mode candidates
+  phase bench-beam-step 40 $PY bench/bench_beam_step.py --beams 512 --vocab 8192 --save
+  phase bench-decode-attn 40 $PY bench/bench_decode_attention.py --save
+  phase bench-prefill 40 $PY bench/bench_prefill_attention.py --save
+  phase hf-bench 40 $PY bench/bench_hf_beam_search.py --device cuda --save
+  phase bench-trie-softmax 25 $PY bench/bench_trie_log_softmax.py --save
+  phase bench-device-trie 35 $PY bench/bench_device_trie.py --save
 fi
 
 tar czf "$OUTDIR/results_$MODE.tgz" bench/results "$LOG" 2>/dev/null
