@@ -99,10 +99,6 @@ def check(got: BeamStep, want: BeamStep, inputs: dict, alpha: float, beta: float
     return float(same.float().mean())
 
 
-
-
-
-
 def test_bench_beam_step_torch(benchmark) -> None:
     inputs = make_inputs(2, 32, 1024, 32, torch.device("cpu"))
     step = benchmark(call, inputs, "torch", 32)

@@ -62,10 +62,6 @@ def call(inputs: dict, backend: str, alpha: float = 1.0, beta: float = 0.5) -> t
                             backend=backend)
 
 
-
-
-
-
 def test_bench_trie_log_softmax_torch(benchmark) -> None:
     inputs = make_inputs(64, 1024, 32, torch.device("cpu"))
     out = benchmark(call, inputs, "torch")
