@@ -127,6 +127,40 @@ def _check_vector(name: str, t: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -
         raise FieldError(name, f"is not contiguous (stride {t.stride()})", "a contiguous tensor")
 
 
+def _check_trie_rows(logits, row_node, child_ptr, child_code, child_max_bid, allowed, logits_shape: str,
+                     **others: torch.Tensor) -> torch.Tensor | None:
+    """The checks both trie kernels need: every tensor on the logits' device, logits 2-D in a
+    kernel dtype, the CSR child arrays, one row node per row, ``allowed`` bool like logits.
+    Returns ``allowed`` contiguous (or None)."""
+    device = logits.device
+    tensors = {**others, "row_node": row_node, "child_ptr": child_ptr, "child_code": child_code,
+               "child_max_bid": child_max_bid}
+    if allowed is not None:
+        tensors["allowed"] = allowed
+    for name, t in tensors.items():
+        if t.device != device:
+            raise FieldError(name, f"is on {t.device}", f"the logits device {device}")
+    if logits.dim() != 2:
+        raise FieldError("logits", f"has shape {tuple(logits.shape)}", logits_shape)
+    if logits.dtype not in _LOGITS_DTYPES:
+        raise FieldError("logits", f"has dtype {logits.dtype}", "float32, bfloat16 or float16")
+    _check_vector("row_node", row_node, (torch.int32, torch.int64))
+    _check_vector("child_ptr", child_ptr, (torch.int32, torch.int64))
+    _check_vector("child_code", child_code, (torch.int32, torch.int64))
+    _check_vector("child_max_bid", child_max_bid, (torch.float32,))
+    if row_node.shape[0] != logits.shape[0]:
+        raise FieldError("row_node", f"has {row_node.shape[0]} entries", f"{logits.shape[0]} (one per row)")
+    if child_code.shape != child_max_bid.shape:
+        raise FieldError("child_max_bid", f"has shape {tuple(child_max_bid.shape)}",
+                         f"{tuple(child_code.shape)} like child_code")
+    if allowed is None:
+        return None
+    if allowed.shape != logits.shape or allowed.dtype != torch.bool:
+        raise FieldError("allowed", f"has shape {tuple(allowed.shape)} dtype {allowed.dtype}",
+                         f"bool {tuple(logits.shape)}")
+    return allowed.contiguous()
+
+
 def trie_log_softmax_cuda(
     logits: torch.Tensor,
     row_node: torch.Tensor,
@@ -148,32 +182,8 @@ def trie_log_softmax_cuda(
     device = logits.device
     if device.type != "cuda":
         raise FieldError("logits", f"is on {device}", "a CUDA tensor for backend 'cuda'")
-    tensors = {"row_node": row_node, "child_ptr": child_ptr, "child_code": child_code,
-               "child_max_bid": child_max_bid}
-    if allowed is not None:
-        tensors["allowed"] = allowed
-    for name, t in tensors.items():
-        if t.device != device:
-            raise FieldError(name, f"is on {t.device}", f"the logits device {device}")
-    if logits.dim() != 2:
-        raise FieldError("logits", f"has shape {tuple(logits.shape)}", "[rows, vocab]")
-    if logits.dtype not in _LOGITS_DTYPES:
-        raise FieldError("logits", f"has dtype {logits.dtype}", "float32, bfloat16 or float16")
+    allowed = _check_trie_rows(logits, row_node, child_ptr, child_code, child_max_bid, allowed, "[rows, vocab]")
     rows, vocab = logits.shape
-    _check_vector("row_node", row_node, (torch.int32, torch.int64))
-    _check_vector("child_ptr", child_ptr, (torch.int32, torch.int64))
-    _check_vector("child_code", child_code, (torch.int32, torch.int64))
-    _check_vector("child_max_bid", child_max_bid, (torch.float32,))
-    if row_node.shape[0] != rows:
-        raise FieldError("row_node", f"has {row_node.shape[0]} entries", f"{rows} (one per row)")
-    if child_code.shape != child_max_bid.shape:
-        raise FieldError("child_max_bid", f"has shape {tuple(child_max_bid.shape)}",
-                         f"{tuple(child_code.shape)} like child_code")
-    if allowed is not None:
-        if allowed.shape != logits.shape or allowed.dtype != torch.bool:
-            raise FieldError("allowed", f"has shape {tuple(allowed.shape)} dtype {allowed.dtype}",
-                             f"bool {tuple(logits.shape)}")
-        allowed = allowed.contiguous()
     if vocab > 0 and logits.stride(1) != 1:
         logits = logits.contiguous()
     row_node = row_node.to(torch.int64)
@@ -231,17 +241,8 @@ def beam_step_cuda(
     device = logits.device
     if device.type != "cuda":
         raise FieldError("logits", f"is on {device}", "a CUDA tensor for backend 'cuda'")
-    tensors = {"beam_scores": beam_scores, "row_node": row_node, "child_ptr": child_ptr,
-               "child_code": child_code, "child_max_bid": child_max_bid}
-    if allowed is not None:
-        tensors["allowed"] = allowed
-    for name, t in tensors.items():
-        if t.device != device:
-            raise FieldError(name, f"is on {t.device}", f"the logits device {device}")
-    if logits.dim() != 2:
-        raise FieldError("logits", f"has shape {tuple(logits.shape)}", "[requests * beams, vocab]")
-    if logits.dtype not in _LOGITS_DTYPES:
-        raise FieldError("logits", f"has dtype {logits.dtype}", "float32, bfloat16 or float16")
+    allowed = _check_trie_rows(logits, row_node, child_ptr, child_code, child_max_bid, allowed,
+                               "[requests * beams, vocab]", beam_scores=beam_scores)
     rows, vocab = logits.shape
     if beam_scores.dim() != 2 or beam_scores.dtype != torch.float32:
         raise FieldError("beam_scores",
@@ -255,20 +256,6 @@ def beam_step_cuda(
         raise FieldError("k", f"is {k!r}", "an int >= 1")
     if beams * vocab >= 2**32:
         raise FieldError("logits", f"has beams * vocab = {beams} * {vocab}", "< 2**32")
-    _check_vector("row_node", row_node, (torch.int32, torch.int64))
-    _check_vector("child_ptr", child_ptr, (torch.int32, torch.int64))
-    _check_vector("child_code", child_code, (torch.int32, torch.int64))
-    _check_vector("child_max_bid", child_max_bid, (torch.float32,))
-    if row_node.shape[0] != rows:
-        raise FieldError("row_node", f"has {row_node.shape[0]} entries", f"{rows} (one per row)")
-    if child_code.shape != child_max_bid.shape:
-        raise FieldError("child_max_bid", f"has shape {tuple(child_max_bid.shape)}",
-                         f"{tuple(child_code.shape)} like child_code")
-    if allowed is not None:
-        if allowed.shape != logits.shape or allowed.dtype != torch.bool:
-            raise FieldError("allowed", f"has shape {tuple(allowed.shape)} dtype {allowed.dtype}",
-                             f"bool {tuple(logits.shape)}")
-        allowed = allowed.contiguous()
 
     if rows == 0 or vocab == 0:  # no candidate at all: every entry is a missing one
         neg_inf = torch.full((requests, k), float("-inf"), dtype=torch.float32, device=device)

@@ -319,3 +319,35 @@ def test_cuda_wrapper_rejects_cpu_tensors() -> None:
             case["logits"], case["beam_scores"], case["row_node"], case["child_ptr"],
             case["child_code"], case["child_max_bid"], k=2,
         )
+
+
+def test_trie_row_checks_name_the_field() -> None:
+    """The checks both CUDA trie wrappers run before launching, on CPU tensors (the wrappers
+    themselves reject CPU tensors first, so without a GPU only this reaches them)."""
+    case = make_case(1, 2, 7, seed=30, device="cpu", with_allowed=True)
+    names = ("logits", "row_node", "child_ptr", "child_code", "child_max_bid", "allowed")
+
+    def check(logits_shape="[rows, vocab]", **change):
+        args = {name: change.get(name, case[name]) for name in names}
+        return _native._check_trie_rows(*args.values(), logits_shape,
+                                        beam_scores=change.get("beam_scores", case["beam_scores"]))
+
+    assert torch.equal(check(), case["allowed"])
+    assert check(allowed=None) is None
+    bad = {
+        "beam_scores": dict(beam_scores=case["beam_scores"].to("meta")),
+        "logits": dict(logits=case["logits"][0]),
+        "row_node": dict(row_node=case["row_node"][:1]),
+        "child_ptr": dict(child_ptr=case["child_ptr"].float()),
+        "child_code": dict(child_code=case["child_code"][::2]),
+        "child_max_bid": dict(child_max_bid=case["child_max_bid"][:-1]),
+        "allowed": dict(allowed=case["allowed"].int()),
+    }
+    for field, change in bad.items():
+        with pytest.raises(FieldError) as info:
+            check(**change)
+        assert info.value.field == field, (field, info.value)
+    with pytest.raises(FieldError, match="float32, bfloat16 or float16"):
+        check(logits=case["logits"].double())
+    with pytest.raises(FieldError, match=r"\[requests \* beams, vocab\]"):
+        check("[requests * beams, vocab]", logits=case["logits"][0])
