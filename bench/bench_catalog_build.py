@@ -29,6 +29,7 @@ import numpy as np
 
 from ega_infer import Catalog, _C
 from ega_infer.catalog.trie import TrieArrays
+from ega_infer.serving.bench import cpu_name
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = (16384, 4096, 1024)
@@ -121,16 +122,6 @@ def run_times(fn, repeat: int) -> list[float]:
 def summary(seconds: list[float]) -> dict:
     p20, median, p80 = np.percentile(seconds, [20, 50, 80])
     return {"seconds": seconds, "median_s": float(median), "p20_s": float(p20), "p80_s": float(p80)}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- pytest-benchmark: small catalog --------------------------------------------------------

@@ -28,6 +28,7 @@ import torch
 from ega_infer import _C
 from ega_infer.catalog.device_build import build_trie_device, lookup_items, refresh_bids_device
 from ega_infer.catalog.trie import DeviceTrie
+from ega_infer.serving.bench import device_name
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = (16384, 4096, 1024)
@@ -93,18 +94,6 @@ def summary(seconds: list[float], items: int) -> dict:
     p20, median, p80 = np.percentile(seconds, [20, 50, 80])
     return {"seconds": seconds, "median_s": float(median), "p20_s": float(p20), "p80_s": float(p80),
             "items_per_s": items / float(median)}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- pytest-benchmark: small catalog, on the GPU when there is one ----------------------------

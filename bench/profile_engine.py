@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ega_infer import Engine
 from ega_infer.demo import synthetic_catalog, synthetic_requests
+from ega_infer.serving.bench import device_name
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -61,7 +62,7 @@ def profile_batch1(preset: str, device: str, dtype: str | None, mode: str | None
                     "mean_us": sum(v) / len(v), "share": sum(v) / total_us if total_us else 0.0}
                    for name, v in by_name.items()), key=lambda row: -row["total_us_per_batch"])
     return {
-        "preset": preset, "mode": config.mode, "beams": list(config.beams), "device": _device_name(engine.device),
+        "preset": preset, "mode": config.mode, "beams": list(config.beams), "device": device_name(engine.device),
         "dtype": str(next(engine.model.parameters()).dtype), "n_items": n_items, "batches_profiled": batches,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
         "host_stage_ms": {k: round(v, 3) for k, v in stages.items()},
@@ -72,10 +73,6 @@ def profile_batch1(preset: str, device: str, dtype: str | None, mode: str | None
         "top_host_ops": [{"op": a.key, "calls": a.count, "self_cpu_us": a.self_cpu_time_total}
                          for a in sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:top]],
     }
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def main() -> None:

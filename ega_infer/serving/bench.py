@@ -28,7 +28,7 @@ from ..demo import synthetic_catalog, synthetic_requests
 from ..engine import Engine
 from ..exceptions import ConfigError
 
-__all__ = ["BenchConfig", "run_bench", "plot_bench"]
+__all__ = ["BenchConfig", "run_bench", "plot_bench", "device_name", "cpu_name"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
         paths["reference"] = dataclasses.replace(decode, backend="torch")
 
     result = {
-        "preset": config.preset, "device": _device_name(engine.device), "dtype": str(next(engine.model.parameters()).dtype),
+        "preset": config.preset, "device": device_name(engine.device), "dtype": str(next(engine.model.parameters()).dtype),
         "mode": decode.mode, "beams": list(decode.beams), "num_slots": decode.num_slots, "n_items": config.n_items,
         "torch": torch.__version__, "host": platform.node(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "paths": {},
@@ -116,10 +116,22 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def _device_name(device: torch.device) -> str:
+def cpu_name() -> str:
+    """The host CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    """What a benchmark ran on: the GPU's name, or the CPU's model and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def plot_bench(result: dict, path: str | Path) -> bool:

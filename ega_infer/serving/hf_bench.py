@@ -37,6 +37,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ..hf import CausalLMEngine, SidLayout  # noqa: E402
+from .bench import cpu_name  # noqa: E402
 
 RESULTS_DIR = Path("bench") / "results"
 SHAPE = dict(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
@@ -145,16 +146,6 @@ def machine(device) -> dict:
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> None:
