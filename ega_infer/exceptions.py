@@ -15,6 +15,7 @@ __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "CompiledKernelsError",
+    "SidCollisionWarning",
 ]
 
 
@@ -62,3 +63,9 @@ class CheckpointError(EgaInferError, OSError):
 class CompiledKernelsError(EgaInferError, RuntimeError):
     """Ahead-of-time compiled kernels (``ega-infer compile``) failed to build, or a prepared
     directory does not match this host (Triton build, GPU architecture)."""
+
+
+class SidCollisionWarning(UserWarning):
+    """Items of a catalog share a semantic ID: they are one trie leaf, so a beam search returns
+    their ID once (``CausalLMEngine.beam_search(..., return_items=True)`` lists every item of
+    it; ``ega_infer.hf.disambiguate_sids`` gives each item its own ID with an extra level)."""

@@ -13,7 +13,9 @@ fused into one matmul each (the checkpoint's matrices stacked by rows).
 
 Attention runs on the engine's ops: ``prefill_attention`` (causal, prompts packed back to back,
 no padding) over the prompts, and ``decode_attention`` for the beams, which read their prompt's
-keys/values once (shared, never copied per beam) plus their own few generated positions.
+keys/values once (shared, never copied per beam) plus their own few generated positions. The
+caller passes each op's concrete backend (``ops.resolve_backends``, once per call); the
+default is the PyTorch reference.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops._dispatch import Backend
+from ..exceptions import FieldError
 from ..ops.decode_attention import decode_attention
 from ..ops.prefill_attention import prefill_attention
 from .config import CausalLMConfig
@@ -131,6 +133,8 @@ class CausalLM(nn.Module):
     """
 
     def __init__(self, config: CausalLMConfig) -> None:
+        if not isinstance(config, CausalLMConfig):
+            raise FieldError("config", f"is a {type(config).__name__}", "a CausalLMConfig")
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -151,13 +155,14 @@ class CausalLM(nn.Module):
 
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, cu_seqlens: torch.Tensor,
-                last: torch.Tensor | None = None, *, backend: Backend = "auto"):
+                last: torch.Tensor | None = None, *, backend: str = "torch"):
         """Run packed prompts (``tokens [T]``, ``positions [T]``, boundaries ``cu_seqlens [N+1]``).
 
         Returns ``(hidden, keys, values)``: the final-norm hidden states of the rows ``last``
         (all ``T`` rows when None), and per layer the prompts' RoPE'd keys and values
         ``[T, Hkv, D]``. The last layer runs its output projection and MLP on the rows ``last``
-        only (the other rows only feed its keys and values).
+        only (the other rows only feed its keys and values). ``backend``: the concrete
+        ``prefill_attention`` backend ("torch" | "triton"), resolved by the caller.
         """
         x = self.embed(tokens)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)
@@ -176,13 +181,14 @@ class CausalLM(nn.Module):
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, ctx_k: list[torch.Tensor],
                ctx_v: list[torch.Tensor], ctx_len: torch.Tensor, own_k: list[torch.Tensor],
-               own_v: list[torch.Tensor], *, backend: Backend = "auto"):
+               own_v: list[torch.Tensor], *, backend: str = "torch"):
         """One new token per beam: ``tokens [N, P]`` at ``positions [N, P]``.
 
         Beam ``(n, p)`` attends to its prompt's keys/values ``ctx_k[layer] [N, Hkv, S, D]``
         (``ctx_len[n]`` valid, shared by the request's beams) and to its own earlier generated
         positions ``own_k[layer] [N, P, Hkv, t, D]`` plus the new one. Returns ``(hidden [N, P, d]``
         after the final norm, ``own_k``, ``own_v)`` with the new position appended (``t + 1``).
+        ``backend``: the concrete ``decode_attention`` backend, resolved by the caller.
         """
         x = self.embed(tokens)
         cos, sin = self.rotary.cos_sin(positions, x.dtype)

@@ -17,8 +17,9 @@ transformers names -> ours (``N`` a layer)::
 
 The weights come from ``model.safetensors`` or the shards listed in
 ``model.safetensors.index.json``. A missing tensor, a tensor of the wrong shape or a tensor the
-config does not account for raises ``CheckpointError`` (``rotary_emb.inv_freq`` buffers of old
-checkpoints, and ``lm_head.weight`` of a tied model, are ignored).
+config does not account for raises ``CheckpointError`` naming the tensor, and so does a tensor
+that is not floating point (``rotary_emb.inv_freq`` buffers of old checkpoints, and
+``lm_head.weight`` of a tied model, are ignored).
 """
 
 from __future__ import annotations
@@ -77,9 +78,13 @@ def read_safetensors(model_dir: str | Path) -> dict[str, torch.Tensor]:
         files = [single]
     elif index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc
+            weight_map = json.loads(index.read_bytes())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc!r})") from None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map is not a map of tensor names to shard "
+                                  "file names in the model directory")
         files = [model_dir / name for name in sorted(set(weight_map.values()))]
     else:
         raise CheckpointError(f"{model_dir}: no {WEIGHTS_FILE} or {INDEX_FILE}")
@@ -110,6 +115,9 @@ def load_hf_state_dict(model_dir: str | Path, config: CausalLMConfig,
         if tuple(tensors[name].shape) != shape:
             raise CheckpointError(f"{model_dir}: {name} has shape {tuple(tensors[name].shape)}; "
                                   f"expected {shape} from config.json")
+        if not tensors[name].is_floating_point():
+            raise CheckpointError(f"{model_dir}: {name} has dtype {tensors[name].dtype}; "
+                                  "expected floating-point weights")
 
     def get(name: str) -> torch.Tensor:
         return tensors[name].to(dtype)
