@@ -1,39 +1,38 @@
-"""beam_step backends: median / p20 / p80 latency, GB/s and share of a 3.0 TB/s roofline.
+"""beam_step (ega_infer.ops): median / p20 / p80 latency, GB/s and the roofline fraction, per backend.
 
-Each beam sits at its own trie node with ``--children`` sorted codes (or every code with
-``full``); ``k`` (default: the beam count) beams are kept per request. Bytes counted are what the
-step must move at least: the logits at the child codes, the child codes (not for ``full`` nodes,
-whose codes are implied), the child bids when ``alpha != 0``, row_node + child_ptr pair + beam
-score per beam, and the five ``[N, k]`` outputs. Every backend is first checked against the
-PyTorch reference: scores to 1e-4, and each kept entry's score, logp and child recomputed from
-the reference log-softmax (the entries themselves may differ only between near-tied scores; the
-share that match exactly is printed).
+Each beam sits at its own trie node with ``children`` sorted codes (``full``: every code); ``k``
+beams (0: as many as ``beams``) are kept per request. Bytes counted are what the step must move
+at least: the logits at the child codes, the child codes (not for ``full`` nodes, whose codes
+are implied), the child bids when ``alpha != 0``, row_node + child_ptr pair + beam score per
+beam, and the five ``[N, k]`` outputs. Every backend is first checked against the PyTorch
+reference: scores to 1e-4, and each kept entry's score, logp and child recomputed from the
+reference log-softmax (entries may differ only between near-tied scores; the share that match
+exactly is recorded as ``exact_entry_fraction``).
 
-    python bench/bench_beam_step.py [--requests 1 --beams 512 --vocab 8192 --children 64 full] [--save]
-    python bench/bench_beam_step.py --requests 8 --beams 512 --vocab 16384 --dtype bfloat16
-    pytest bench/bench_beam_step.py          # pytest-benchmark, torch backend, small shape
+    python bench/bench_beam_step.py [--size full] [--save]          # 512 beams, vocab 8192, 64 children and full
+    python bench/bench_beam_step.py --shape requests=8 vocab=16384 dtype=bfloat16
+    pytest bench/bench_beam_step.py [--device cuda]                 # pytest-benchmark, small shapes
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-from datetime import datetime, timezone
-from pathlib import Path
+import math
 
 import torch
-from _timing import available_backends, time_us
+from _harness import Case, Suite
 
-from ega_infer.ops.beam_step import BeamStep, beam_step
-from ega_infer.ops.trie_log_softmax import trie_log_softmax_torch
+from ega_infer.ops import BeamStep, beam_step, trie_log_softmax_torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ROOFLINE_BYTES_PER_S = 3.0e12
+_BASE = dict(requests=1, beams=512, vocab=8192, children=64, k=0, alpha=1.0, beta=0.5, dtype="float32")
+SHAPES = {
+    "small": [dict(_BASE, requests=2, beams=32, vocab=1024, children=32),
+              dict(_BASE, requests=2, beams=32, vocab=1024, children="full")],
+    "full": [_BASE, dict(_BASE, children="full")],
+}
 
 
-def make_inputs(requests: int, beams: int, vocab: int, children: int | None, device,
-                dtype=torch.float32, seed: int = 0) -> dict:
+def make_inputs(requests: int, beams: int, vocab: int, children: int | None, device, dtype=torch.float32,
+                seed: int = 0) -> dict:
     """One node per beam, ``children`` sorted distinct codes each (None: the whole vocab)."""
     gen = torch.Generator().manual_seed(seed)
     rows = requests * beams
@@ -66,10 +65,9 @@ def bytes_moved(inputs: dict, k: int, alpha: float) -> int:
             + requests * k * (4 + 8 + 8 + 8 + 4))  # scores, parent, token, child, logp
 
 
-def call(inputs: dict, backend: str, k: int, alpha: float = 1.0, beta: float = 0.5) -> BeamStep:
-    return beam_step(inputs["logits"], inputs["beam_scores"], inputs["row_node"],
-                     inputs["child_ptr"], inputs["child_code"], inputs["child_max_bid"], k=k,
-                     alpha=alpha, beta=beta, backend=backend)
+def call(inputs: dict, backend: str, k: int, alpha: float, beta: float) -> BeamStep:
+    return beam_step(inputs["logits"], inputs["beam_scores"], inputs["row_node"], inputs["child_ptr"],
+                     inputs["child_code"], inputs["child_max_bid"], k=k, alpha=alpha, beta=beta, backend=backend)
 
 
 def check(got: BeamStep, want: BeamStep, inputs: dict, alpha: float, beta: float) -> float:
@@ -77,8 +75,8 @@ def check(got: BeamStep, want: BeamStep, inputs: dict, alpha: float, beta: float
     torch.testing.assert_close(got.scores, want.scores, atol=1e-4, rtol=1e-5)
     requests, beams = inputs["beam_scores"].shape
     logp = trie_log_softmax_torch(
-        inputs["logits"], inputs["row_node"], inputs["child_ptr"], inputs["child_code"],
-        inputs["child_max_bid"], alpha=alpha, beta=beta,
+        inputs["logits"], inputs["row_node"], inputs["child_ptr"], inputs["child_code"], inputs["child_max_bid"],
+        alpha=alpha, log_beta=math.log(beta) if beta > 0 else -math.inf,
     ).view(requests, beams, -1)
     alive = got.alive
     req = torch.arange(requests, device=got.scores.device)[:, None].expand_as(got.parent)
@@ -99,73 +97,20 @@ def check(got: BeamStep, want: BeamStep, inputs: dict, alpha: float, beta: float
     return float(same.float().mean())
 
 
-def test_bench_beam_step_torch(benchmark) -> None:
-    inputs = make_inputs(2, 32, 1024, 32, torch.device("cpu"))
-    step = benchmark(call, inputs, "torch", 32)
-    assert step.scores.shape == (2, 32)
-    median_s = benchmark.stats.stats.median
-    benchmark.extra_info.update(requests=2, beams=32, vocab=1024, children=32, k=32,
-                                backend="torch", device="cpu",
-                                gb_per_s=bytes_moved(inputs, 32, 1.0) / median_s / 1e9)
+def cases(shape: dict, device: torch.device):
+    children = None if shape["children"] == "full" else int(shape["children"])
+    k, alpha, beta = shape["k"] or shape["beams"], shape["alpha"], shape["beta"]
+    inputs = make_inputs(shape["requests"], shape["beams"], shape["vocab"], children, device,
+                         getattr(torch, shape["dtype"]))
+    want = call(inputs, "torch", k, alpha, beta)
+    for backend in ("torch", "triton", "cuda"):
+        yield Case("beam_step", backend, lambda b=backend: call(inputs, b, k, alpha, beta),
+                   check=lambda got: {"exact_entry_fraction": check(got, want, inputs, alpha, beta)},
+                   bytes=bytes_moved(inputs, k, alpha))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1)
-    parser.add_argument("--beams", type=int, default=512)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--children", nargs="+", default=["64", "full"],
-                        help="children per node: integers and/or 'full'")
-    parser.add_argument("--k", type=int, default=0,
-                        help="beams kept per request (default: --beams)")
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--beta", type=float, default=0.5)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--backends", default="", help="comma list; default: all available")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--save", action="store_true", help="write JSON under bench/results/")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    k = args.k or args.beams
-    backends = args.backends.split(",") if args.backends else available_backends(device)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("note: TRITON_INTERPRET=1 is set; Triton timings would be the interpreter's")
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {gpu}, logits {args.dtype}, roofline {ROOFLINE_BYTES_PER_S / 1e12:.1f} TB/s")
-
-    results = []
-    for spec in args.children:
-        children = None if spec == "full" else int(spec)
-        inputs = make_inputs(args.requests, args.beams, args.vocab, children, device, dtype)
-        want = call(inputs, "torch", k, args.alpha, args.beta)
-        nbytes = bytes_moved(inputs, k, args.alpha)
-        for backend in backends:
-            got = call(inputs, backend, k, args.alpha, args.beta)
-            exact = check(got, want, inputs, args.alpha, args.beta)
-            median, p20, p80 = time_us(
-                lambda b=backend: call(inputs, b, k, args.alpha, args.beta), device)
-            gbps = nbytes / (median * 1e-6) / 1e9
-            frac = nbytes / (median * 1e-6) / ROOFLINE_BYTES_PER_S
-            print(f"N {args.requests} P {args.beams:4d} V {args.vocab:6d} children {spec:>5} "
-                  f"k {k:4d}  {backend:6s} median {median:9.1f} us  [p20 {p20:9.1f}, "
-                  f"p80 {p80:9.1f}]  {gbps:8.1f} GB/s  {100 * frac:5.1f}% of roofline  "
-                  f"({100 * exact:.1f}% entries as the reference)")
-            results.append({"backend": backend, "requests": args.requests, "beams": args.beams,
-                            "vocab": args.vocab, "children": spec, "k": k, "dtype": args.dtype,
-                            "alpha": args.alpha, "beta": args.beta, "median_us": median,
-                            "p20_us": p20, "p80_us": p80, "bytes": nbytes, "gb_per_s": gbps,
-                            "roofline_fraction": frac, "exact_entry_fraction": exact})
-    if args.save:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        tag = "".join(c if c.isalnum() else "_" for c in gpu).strip("_")
-        path = RESULTS_DIR / f"beam_step_{tag}_{stamp}.json"
-        path.write_text(json.dumps({"bench": "beam_step", "device": gpu,
-                                    "roofline_bytes_per_s": ROOFLINE_BYTES_PER_S,
-                                    "timestamp": stamp, "results": results}, indent=2) + "\n")
-        print(f"saved {path}")
-
+SUITE = Suite("beam_step", __doc__, SHAPES, cases, entries=tuple(("beam_step", b) for b in ("torch", "triton", "cuda")))
+test_bench = SUITE.pytest_test()
 
 if __name__ == "__main__":
-    main()
+    SUITE.main()

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The GPU pass in two calls that each fit one device command (< 10 minutes on an H100/H200):
 #
-#   bash bench/gpu_check.sh tests [OUTDIR]   # build for the local GPU only, CUDA/Triton tests
-#   bash bench/gpu_check.sh bench [OUTDIR]   # every kernel benchmark, ega-infer bench, HF bench
+#   bash bench/gpu_check.sh tests [OUTDIR]   # build for the local GPU only, CUDA/Triton tests,
+#                                            # every GPU benchmark's check at its small shapes
+#   bash bench/gpu_check.sh bench [OUTDIR]   # end-to-end goals, profile, every GPU benchmark at
+#                                            # its full shapes (bench/_harness.py), HF bench
 #
-# OUTDIR defaults to $OUT (the device tool) or ./gpu_out; results and the log are packed into
-# one archive there. A warm machine keeps the build and Triton's cache between the two calls
-# (the bench call rebuilds only what changed).
+# OUTDIR defaults to $OUT (the device tool) or ./gpu_out. After every phase the log is there
+# and bench/results is packed, with the log, into one archive (results_MODE.tgz; two files in
+# all, within what the device tool brings back), so a lease that runs out keeps what finished.
+# A warm machine keeps the build and Triton's cache between the two calls (the bench call
+# rebuilds only what changed).
 #
 # Triton compiles every kernel specialisation on first use (dozens for gr4ad-base, seconds each).
 # To spend the lease measuring instead, compile them here first, on the CPU machine, and carry
@@ -42,7 +46,7 @@ phase() {  # phase NAME SECONDS COMMAND...
   local rc=$?
   SUMMARY+=("$(printf '%-28s rc=%-4s %4ss' "$name" "$rc" "$((SECONDS - start))")")
   tail -n 3 "$LOG"
-  cp -r bench/results "$OUTDIR/" 2>/dev/null  # kept even if a later phase runs out the lease
+  tar czf "$OUTDIR/results_$MODE.tgz" bench/results "$LOG" 2>/dev/null  # kept if a later phase runs out the lease
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$LOG" 2>&1
@@ -52,26 +56,27 @@ phase build 240 env EGA_INFER_CUDA=ON EGA_INFER_CUDA_ARCHS="$ARCH" \
 if [ "$MODE" = tests ]; then
   phase kernel-tests 170 $PY -m pytest -q -p no:cacheprovider --device=cuda \
     tests/test_beam_step_cuda.py tests/test_decode_attention.py tests/test_beam_step.py \
-    tests/test_trie_log_softmax.py tests/test_prefill_attention.py tests/test_device_trie.py
+    tests/test_prefill_attention.py tests/test_device_trie.py
   phase engine-tests 140 $PY -m pytest -q -p no:cacheprovider --device=cuda \
     tests/test_kernel_paths.py tests/test_host_sync.py tests/test_cuda_graphs.py tests/test_fp8.py tests/test_beam_search.py \
     tests/test_engine.py tests/test_hf_models.py tests/test_compile.py
+  # each (op, provider, small shape) once, checked against its reference (no timing)
+  phase bench-checks 60 $PY -m pytest -q -p no:cacheprovider --device=cuda --benchmark-disable -rs \
+    bench/bench_beam_step.py bench/bench_decode_attention.py bench/bench_prefill_attention.py bench/bench_device_trie.py
 else  # the goals first: if the lease runs out, the end-to-end numbers are what is left
   phase e2e-gr4ad 120 $PY -m ega_infer bench --preset gr4ad-base --device cuda --dtype bfloat16 \
     --mode candidates --items 1000000 --batches 8,32,128,256 --iters 5
   phase e2e-ega 80 $PY -m ega_infer bench --preset ega-base --device cuda --dtype bfloat16 \
     --items 100000 --batches 8,32,128 --iters 5
-  phase profile-gr4ad 50 $PY bench/profile_engine.py --preset gr4ad-base --device cuda --dtype bfloat16 \
-    --mode candidates
-  phase bench-beam-step 40 $PY bench/bench_beam_step.py --beams 512 --vocab 8192 --save
-  phase bench-decode-attn 40 $PY bench/bench_decode_attention.py --save
-  phase bench-prefill 40 $PY bench/bench_prefill_attention.py --save
-  phase hf-bench 40 $PY bench/bench_hf_beam_search.py --device cuda --save
-  phase bench-trie-softmax 25 $PY bench/bench_trie_log_softmax.py --save
-  phase bench-device-trie 35 $PY bench/bench_device_trie.py --save
+  phase profile-gr4ad 50 $PY bench/profile_engine.py --device cuda --save \
+    --shape preset=gr4ad-base dtype=bfloat16 mode=candidates items=100000
+  phase bench-beam-step 40 $PY bench/bench_beam_step.py --device cuda --size full --save
+  phase bench-decode-attn 40 $PY bench/bench_decode_attention.py --device cuda --size full --save
+  phase bench-prefill 40 $PY bench/bench_prefill_attention.py --device cuda --size full --save
+  phase hf-bench 40 $PY bench/bench_hf_beam_search.py --device cuda --size full --save
+  phase bench-device-trie 35 $PY bench/bench_device_trie.py --device cuda --size full --save
 fi
 
-tar czf "$OUTDIR/results_$MODE.tgz" bench/results "$LOG" 2>/dev/null
 echo
 echo "phase                        rc      time"
 printf '%s\n' "${SUMMARY[@]}"

@@ -1,31 +1,32 @@
 """Where a batch-1 request's time goes: torch.profiler over a few served batches, after warm-up.
 
-Writes ``bench/results/profile_<preset>_<device>_<stamp>.json``: the device's kernels grouped by
-name (calls, total and mean time, share), how many kernel launches and host-device copies one
-batch makes, and the host-side time of the engine's stages. On a GPU the kernels come from the
-CUDA activity (kernels replayed inside CUDA graphs included); on a CPU only host-side operator
-times exist, which still shows the script works.
+With ``--save`` writes ``bench/results/profile_<gpu or cpu_<threads>t>_<stamp>.json`` (the
+harness's layout, one row): the device's kernels grouped by name (calls, total and mean time,
+share), how many kernel launches and host-device copies one batch makes, and the host-side time
+of the engine's stages. On a GPU the kernels come from the CUDA activity (kernels replayed
+inside CUDA graphs included); on a CPU only host-side operator times exist, which still shows
+the script works. Shape keys: preset, dtype, mode, items, batches (batch-1 requests profiled);
+small: tiny with 2,000 items; full: tiny with 100,000.
 
-    python bench/profile_engine.py --preset gr4ad-base --device cuda --dtype bfloat16 [--mode candidates]
+    python bench/profile_engine.py --device cuda --shape preset=gr4ad-base dtype=bfloat16 mode=candidates --save
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
-import json
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ega_infer import Engine
-from ega_infer.demo import synthetic_catalog, synthetic_requests
-from ega_infer.serving.bench import device_name
+import _harness
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from ega_infer import Engine
+from ega_infer.benchmark import result, row
+from ega_infer.testing import synthetic_catalog, synthetic_requests
+
+PRESETS = {"small": dict(preset="tiny", dtype=None, mode=None, items=2000, batches=5),
+           "full": dict(preset="tiny", dtype=None, mode=None, items=100_000, batches=5)}
 
 
 def profile_batch1(preset: str, device: str, dtype: str | None, mode: str | None, n_items: int,
@@ -62,9 +63,8 @@ def profile_batch1(preset: str, device: str, dtype: str | None, mode: str | None
                     "mean_us": sum(v) / len(v), "share": sum(v) / total_us if total_us else 0.0}
                    for name, v in by_name.items()), key=lambda row: -row["total_us_per_batch"])
     return {
-        "preset": preset, "mode": config.mode, "beams": list(config.beams), "device": device_name(engine.device),
-        "dtype": str(next(engine.model.parameters()).dtype), "n_items": n_items, "batches_profiled": batches,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+        "served_mode": config.mode, "beams": list(config.beams),
+        "served_dtype": str(next(engine.model.parameters()).dtype), "batches_profiled": batches,
         "host_stage_ms": {k: round(v, 3) for k, v in stages.items()},
         "kernel_launches_per_batch": len(kernels) / batches,
         "device_kernel_us_per_batch": total_us / batches,
@@ -75,26 +75,20 @@ def profile_batch1(preset: str, device: str, dtype: str | None, mode: str | None
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
-    parser.add_argument("--mode", default=None, choices=[None, "lists", "candidates"])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--batches", type=int, default=5)
-    args = parser.parse_args()
-    result = profile_batch1(args.preset, args.device, args.dtype, args.mode, args.items, args.batches)
-    print(f"{result['preset']} {result['mode']} on {result['device']}: host stages {result['host_stage_ms']}")
-    print(f"kernels per batch {result['kernel_launches_per_batch']:.0f}, device kernel time "
-          f"{result['device_kernel_us_per_batch']:.0f} us, copies {result['copies_per_batch']}")
-    for row in result["top_kernels"][:12]:
-        print(f"  {row['total_us_per_batch']:9.1f} us  {row['calls_per_batch']:6.1f} calls  {row['share']:6.1%}  {row['kernel'][:90]}")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS_DIR / f"profile_{args.preset}_{'gpu' if args.device.startswith('cuda') else 'cpu'}_{stamp}.json"
-    RESULTS_DIR.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+def main(argv: list[str] | None = None) -> dict:
+    args = _harness.options(__doc__).parse_args(argv)
+    device = _harness.setup(args)
+    shape = _harness.config_from(args, PRESETS)
+    out = profile_batch1(shape["preset"], str(device), shape["dtype"], shape["mode"], shape["items"], shape["batches"])
+    print(f"{shape['preset']} {out['served_mode']} on {device}: host stages {out['host_stage_ms']}")
+    print(f"kernels per batch {out['kernel_launches_per_batch']:.0f}, device kernel time "
+          f"{out['device_kernel_us_per_batch']:.0f} us, copies {out['copies_per_batch']}")
+    for r in out["top_kernels"][:12]:
+        print(f"  {r['total_us_per_batch']:9.1f} us  {r['calls_per_batch']:6.1f} calls  {r['share']:6.1%}  {r['kernel'][:90]}")
+    res = result("profile", device, [row("generate", "engine", dict(shape, batch=1), None, **out)], {"size": args.size})
+    if args.save:
+        _harness.save(res)
+    return res
 
 
 if __name__ == "__main__":

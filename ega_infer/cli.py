@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--batches", default="8,16,32,64,128,256", help="comma-separated batch sizes")
     bench.add_argument("--iters", type=int, default=3, help="timed batches per batch size")
     bench.add_argument("--batch1-iters", type=int, default=20)
-    bench.add_argument("--out", default=None, help="JSON path (default bench/results/e2e_<preset>_<device>_<time>.json)")
+    bench.add_argument("--out", default=None, help="JSON path (default bench/results/e2e_<preset>_<machine>_<time>.json)")
     bench.add_argument("--plot", default=None, help="PNG path (default: beside the JSON)")
     bench.add_argument("--hf", action="store_true",
                        help="instead: a random Hugging Face Llama served by the engine against transformers "
@@ -162,29 +162,31 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
     from pathlib import Path
 
+    from .benchmark import BenchConfig, HFBenchConfig, plot_bench, run_bench, run_hf_bench, save_result
     from .exceptions import ConfigError
-    from .serving.bench import BenchConfig, plot_bench, run_bench
+
+    def ints(option: str, text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(b) for b in text.split(","))
+        except ValueError:
+            raise ConfigError(option, f"is {text!r}", "comma-separated integers") from None
 
     if args.hf:
-        from .serving.hf_bench import main as hf_bench
-
-        hf_bench(["--device", args.device, "--items", str(args.hf_items), "--save",
-                  "--beams", *args.hf_beams.split(",")])
+        result = run_hf_bench(HFBenchConfig(device=args.device, items=args.hf_items,
+                                            beams=ints("--hf-beams", args.hf_beams)))
+        print(f"wrote {save_result(result)}")
         return 0
-    try:
-        batches = tuple(int(b) for b in args.batches.split(","))
-    except ValueError:
-        raise ConfigError("--batches", f"is {args.batches!r}", "comma-separated integers") from None
     config = BenchConfig(preset=args.preset, device=args.device, dtype=args.dtype, mode=args.mode, n_items=args.items,
-                         batches=batches, iters=args.iters, batch1_iters=args.batch1_iters)
+                         batches=ints("--batches", args.batches), iters=args.iters, batch1_iters=args.batch1_iters)
     result = run_bench(config)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.out or f"bench/results/e2e_{args.preset}_{args.device.split(':')[0]}_{stamp}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    else:
+        out = save_result(result)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     drawn = plot_bench(result, plot)
     print(f"wrote {out}" + (f" and {plot}" if drawn else " (no plot: matplotlib is not installed)"))

@@ -54,12 +54,13 @@ def test_bench_writes_json_with_latency_and_throughput(tmp_path, capsys):
     args = ["bench", "--batches", "2,3", "--iters", "1", "--batch1-iters", "2", "--items", "300", "--out", str(out)]
     assert main(args) == 0
     result = json.loads(out.read_text())
-    engine = result["paths"]["engine"]
-    assert engine["batch1"]["p99_ms"] >= engine["batch1"]["p50_ms"] > 0
-    assert {"encode", "decode", "reward", "payment", "total"} <= set(engine["batch1"]["stages_ms"])
-    assert [row["batch"] for row in engine["throughput"]] == [2, 3]
-    assert all(row["requests_per_s"] > 0 for row in engine["throughput"])
-    assert result["preset"] == "tiny" and result["device"].startswith("cpu")
+    rows = [r for r in result["rows"] if r["provider"] == "engine"]
+    assert [r["shape"]["batch"] for r in rows] == [1, 2, 3]
+    assert rows[0]["p99_us"] >= rows[0]["median_us"] > 0
+    assert {"encode", "decode", "reward", "payment", "total"} <= set(rows[0]["stages_ms"])
+    assert all(r["requests_per_s"] > 0 and r["p80_us"] >= r["median_us"] >= r["p20_us"] for r in rows)
+    assert result["config"]["preset"] == "tiny" and result["machine"]["name"].startswith("cpu")
+    assert out.with_suffix(".png").exists() or "no plot" in capsys.readouterr().out
 
 
 def test_bench_hf_compares_with_transformers(tmp_path, monkeypatch, capsys):
@@ -68,5 +69,6 @@ def test_bench_hf_compares_with_transformers(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--hf", "--hf-beams", "2", "--hf-items", "500"]) == 0
     saved = list((tmp_path / "bench" / "results").glob("hf_beam_search_*.json"))
     assert len(saved) == 1
-    result = json.loads(saved[0].read_text())["results"]["2"]
-    assert result["check"]["same_items_in_order"] and result["ratio"] > 0
+    rows = {r["provider"]: r for r in json.loads(saved[0].read_text())["rows"] if r["op"] == "beam_search"}
+    assert set(rows) == {"transformers", "engine", "engine_with_trie_build"}
+    assert rows["engine"]["same_items_in_order"] and rows["engine"]["speedup_vs_transformers"] > 0
