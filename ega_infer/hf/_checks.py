@@ -65,6 +65,14 @@ def int_matrix(value: object, field: str, columns: int | None = None):
         matrix = value
     elif isinstance(value, (list, tuple)):
         matrix = _list_matrix(value, field)
+    elif hasattr(value, "__array__") and not isinstance(value, (str, bytes)):  # pandas, jax...
+        try:
+            matrix = np.asarray(value)
+        except Exception:  # a foreign __array__ that fails
+            raise FieldError(field, f"is {show(value)} ({kind(value)})",
+                             f"an integer array-like {want} of codes") from None
+        if not np.issubdtype(matrix.dtype, np.integer):
+            raise FieldError(field, f"has dtype {matrix.dtype}", "integer codes")
     else:
         raise FieldError(field, f"is {show(value)} ({kind(value)})",
                          f"an integer array-like {want} of codes")
@@ -84,8 +92,8 @@ def _list_matrix(rows: list | tuple, field: str) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     for i, row in enumerate(rows):
         if not isinstance(row, (list, tuple, np.ndarray, torch.Tensor)):
-            raise FieldError(f"{field}[{i}]", f"is {show(row)} ({kind(row)})",
-                             "a row of integer codes (one per level)")
+            raise FieldError(field, f"row {i} is {show(row)} ({kind(row)})",
+                             "rows of integer codes (one per level)")
     try:
         matrix = np.asarray([r.tolist() if isinstance(r, (np.ndarray, torch.Tensor)) else r
                              for r in rows])
@@ -95,14 +103,16 @@ def _list_matrix(rows: list | tuple, field: str) -> np.ndarray:
         width = _row_len(rows[0])
         for i, row in enumerate(rows):
             if _row_len(row) != width:
-                raise FieldError(f"{field}[{i}]", f"has {_row_len(row)} codes, row 0 has {width}",
-                                 "rows of equal length (one code per level)")
+                raise FieldError(field, f"is ragged: row {i} has {_row_len(row)} codes, row 0 "
+                                 f"has {width}", "rows of equal length (one code per level)")
             for j, v in enumerate(row):
-                if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
-                    raise FieldError(f"{field}[{i}][{j}]", f"is {show(v)} ({kind(v)})",
-                                     "an integer code")
+                if as_int(v) is None:
+                    raise FieldError(field, f"holds {show(v)} ({kind(v)}) at [{i}, {j}]",
+                                     "integer codes")
         if matrix is None:
             raise FieldError(field, "cannot be read as an integer matrix", "integer codes")
+    if matrix.size == 0:  # rows without codes: int_matrix names the shape
+        return matrix.astype(np.int64)
     if not np.issubdtype(matrix.dtype, np.integer):
         raise FieldError(field, f"holds {_values(matrix)}", "integer codes")
     flat = (v for row in rows for v in row)
@@ -112,7 +122,7 @@ def _list_matrix(rows: list | tuple, field: str) -> np.ndarray:
 
 
 def _row_len(row) -> int:
-    return len(row) if isinstance(row, (list, tuple)) or getattr(row, "ndim", 1) else 0
+    return 0 if getattr(row, "ndim", 1) == 0 else len(row)
 
 
 def _values(matrix: np.ndarray) -> str:

@@ -37,6 +37,7 @@ __all__ = ["hf_shapes", "load_hf_state_dict", "read_safetensors"]
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+_TENSORS_PER_LAYER = 9  # two norms, q/k/v/o, gate/up/down: the fewest any layer has
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 
@@ -101,6 +102,13 @@ def load_hf_state_dict(model_dir: str | Path, config: CausalLMConfig,
                        dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """``CausalLM``'s state dict from the checkpoint in ``model_dir``, cast to ``dtype`` (CPU)."""
     tensors = read_safetensors(model_dir)
+    if config.num_layers * _TENSORS_PER_LAYER > len(tensors):  # before listing every layer
+        layer = next(i for i in range(config.num_layers)
+                     if f"model.layers.{i}.input_layernorm.weight" not in tensors)
+        raise CheckpointError(f"{model_dir}: missing the tensors of layer {layer} and above, "
+                              f"first ['model.layers.{layer}.input_layernorm.weight'] "
+                              f"(config.json has num_hidden_layers {config.num_layers}; the "
+                              f"checkpoint holds {len(tensors)} tensors)")
     expected = hf_shapes(config)
     missing = [name for name in expected if name not in tensors]
     if missing:
