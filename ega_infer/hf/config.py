@@ -228,11 +228,16 @@ def _rope_theta(raw: dict[str, Any]) -> float:
         raise ConfigError("partial_rotary_factor", f"is {show(partial)}",
                           "1.0 (full rotary embedding)")
     if "rope_theta" not in params:
-        return _value(raw, "rope_theta", float, _DEFAULT_THETA)
+        source, name, default = raw, "rope_theta", _DEFAULT_THETA
+    else:
+        source, name, default = params, f"{field}.rope_theta", _REQUIRED
     try:
-        return _value(params, "rope_theta", float)
+        theta = _value(source, "rope_theta", float, default)
     except ConfigError as exc:
-        raise ConfigError(f"{field}.rope_theta", exc.problem, exc.expected) from None
+        raise ConfigError(name, exc.problem, exc.expected) from None
+    if not 0 < theta < math.inf:
+        raise ConfigError(name, f"is {theta!r}", "a finite positive number")
+    return theta
 
 
 def _check_full_attention(raw: dict[str, Any]) -> None:

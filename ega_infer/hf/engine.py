@@ -490,6 +490,9 @@ class CausalLMEngine:
             return tokens.to(self.device), [batch.shape[1]] * batch.shape[0]
         if not isinstance(prompts, (list, tuple)):
             raise FieldError("prompts", f"is {show(prompts)} ({kind(prompts)})", _PROMPTS_EXPECTED)
+        if prompts and all(as_int(p) is not None for p in prompts):
+            raise FieldError("prompts", f"is {show(prompts)}, one flat list of token ids",
+                             _PROMPTS_EXPECTED + " (wrap one prompt: [prompt])")
         parts, lengths = [], []
         for i, prompt in enumerate(prompts):
             ids = _prompt(prompt, i, vocab)
@@ -513,8 +516,8 @@ def _prompt(prompt, i: int, vocab: int) -> np.ndarray:
         for j, token in enumerate(prompt):
             value = as_int(token)
             if value is None:
-                raise FieldError(f"{field}[{j}]", f"is {show(token)} ({kind(token)})",
-                                 "a token id (an int)")
+                raise FieldError(field, f"holds {show(token)} ({kind(token)}) at {j}",
+                                 "token ids (ints)")
             if not 0 <= value < vocab:
                 raise FieldError(field, f"holds token id {value} at {j}", f"ids in [0, {vocab})")
             values.append(value)
