@@ -58,7 +58,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Literal, Sequence, overload
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -509,7 +509,8 @@ def _prompt(prompt, i: int, vocab: int) -> np.ndarray:
     field = f"prompts[{i}]"
     if isinstance(prompt, (np.ndarray, torch.Tensor)):
         if prompt.ndim != 1:
-            raise FieldError(field, f"has shape {tuple(prompt.shape)}", "a 1-D sequence of token ids")
+            raise FieldError(field, f"has shape {tuple(prompt.shape)}",
+                             "a 1-D sequence of token ids")
         ids = _int_array(prompt, field)
     elif isinstance(prompt, (list, tuple)):
         values = []
