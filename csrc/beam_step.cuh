@@ -2,14 +2,21 @@
 //
 // N requests x P beams = N * P rows; row r is request r / P, beam r % P; V codes. For row r at trie
 // node n = row_node[r] and child j of n (rank i = j - child_ptr[n], code c = child_code[j]):
-//   v_j = float(logits[r, c]) + log(child_max_bid[j]^alpha + beta)
+//   w_j = logaddexp(a_j, log_beta),  a_j = alpha * log(child_max_bid[j])  (a_j = 0 when alpha == 0)
+//   v_j = float(logits[r, c]) + w_j
 //   admissible when v_j > -inf (NaN is not) and (allowed == nullptr or allowed[r, c] != 0);
-//   logp_j = v_j - logsumexp(admissible v),   score_j = beam_scores[r] + logp_j.
+//   logp_j = v_j - logsumexp(admissible v),   score_j = beam_scores[r] + logp_j,
+// computed as (v_j - m) - log(sum exp(v - m)) with m the row's max, as torch.log_softmax does: the
+// log-sum (at most log V) then survives a huge m, which swamps it in m + log-sum.
+// w_j is log(child_max_bid^alpha + beta) computed in log space (log_beta = log(beta), -inf when
+// beta == 0), so a bid of 1e33 or alpha = 1e30 cannot overflow into inf - inf = NaN; it is -inf
+// only when both terms are (bid 0 and beta 0), and alpha == 0 gives log(1 + beta) for every child
+// (0 ** 0 == 1). Callers keep alpha <= 1e36 and the bids finite, so a_j is never +inf.
 // Per request the output is the k candidates with the largest score (only scores > -inf count),
 // ordered by score descending, then beam ascending, then code ascending: what a stable sort of
 // the flattened [P * V] scores gives (ega_infer.decoding.topk). Entries past the last finite
 // candidate are score -inf, parent 0, token 0, child -1, logp -inf. A dead row (row_node < 0 or
-// beam score -inf) has no candidate. powf(0, 0) == 1, so alpha = beta = 0 gives weight 0.
+// beam score -inf) has no candidate.
 //
 // Design: two launches, logits read once, no host sync, every size handled (fast paths for the
 // common ones, slower but exact fallbacks past the shared-memory limits).
@@ -18,17 +25,18 @@
 //   key = order(score) << 32 | (0xffffffff - (beam * V + i))
 // where order() maps a float to a uint32 with the same order (-0 is folded into +0) and i is the
 // child's rank in its node. Children of a node are sorted by code (the trie invariant that
-// DeviceTrie.child's searchsorted relies on too), so i orders like the code, and the key order is
+// _C.build_trie lays out), so i orders like the code, and the key order is
 // exactly (score desc, beam asc, code asc). Keys are distinct within a request, so "the top k" is
 // a set with no ties left; key 0 means "no candidate" (every real key has a nonzero high word).
 // Needs P * V < 2^32; a node with more than V children (impossible in a valid trie) keeps V.
 //
 // Kernel 1, beam_step_rows_kernel: one block per row, 256 threads.
 //   pass 1: score every child (CSR range, so a node with 3 children costs 3 loads, and a full
-//           node reads its row of logits coalesced), keep v in shared memory, block logsumexp;
+//           node reads its row of logits coalesced), keep v in shared memory, block max and sum;
 //   pass 2: key of every child in place; block radix select of the row's top S = min(k, V) keys
 //           (skipped when the row has <= S candidates, the usual case below the first levels);
-//   write the row's keys (unordered), their count and the row's logsumexp to the workspace.
+//   write the row's keys (unordered), their count and the row's normaliser (max, log-sum) to the
+//   workspace.
 //   A row with more children than fit in shared memory (V > 16384) recomputes v on each pass.
 // Kernel 2, beam_step_merge_kernel: a tree of top-k merges per request, 512 threads per block.
 //   Level 0 node g merges rows [g * F0, (g + 1) * F0); level l merges F_l lists of level l - 1;
@@ -38,27 +46,25 @@
 //   reduction pattern), so the whole tree is one launch. The root selects the final top-k,
 //   bitonic-sorts them in shared memory (global memory past 2048 keys) and decodes each key into
 //   score, parent, token, child (child_ptr[node] + i) and logp (v recomputed with the same code,
-//   minus the row's logsumexp from kernel 1, so logp is bit-identical to the one scored).
+//   normalised by the row's (max, log-sum) from kernel 1: bit-identical to the one scored).
 //   At 512 beams, k = 512: 32 level-0 blocks per request, then 2, then the root.
 // Radix select (both kernels): MSD over the 64-bit key, 8 bits per pass; histogram in shared
 // memory with warp-aggregated atomics (__match_any_sync: scores share their top bits), digit
 // found by one warp; stops as soon as the bucket holding the k-th key is taken whole (usually
 // after 3-4 passes on distinct scores; ties in the score reach the index bits, still exact).
 // CUB is not used: a select touches each key ~4 times where a block sort of 64-bit keys takes 16
-// passes, and plain code lets the kernels also compile as host code for the CPU emulation test.
+// passes, and plain code lets the kernels also compile as host code for the CPU emulation test
+// (tests/cuda_emulation, which runs these kernels through run_beam_step below).
 //
 // The workspace (bytes from beam_step_workspace_bytes, allocated by the caller) holds the row
 // lists, per-level lists, counts, tickets (zeroed by kernel 1) and, for k > 2048, the sort buffer.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <cstdint>
+#include <string>
 
-#include "trie_log_softmax.cuh"  // LogitsDtype
+#include "common.cuh"
 
 namespace ega_infer {
 
@@ -94,7 +100,7 @@ struct BeamStepPlan {
   BeamStepLevel level[kBeamStepMaxLevels];
   int64_t level_keys, level_counts, tickets;  // element counts of the per-level regions
   // Workspace byte offsets (256-aligned) and total size.
-  int64_t row_keys_at, level_keys_at, sort_at, row_count_at, row_lse_at, level_count_at, ticket_at;
+  int64_t row_keys_at, level_keys_at, sort_at, row_count_at, row_norm_at, level_count_at, ticket_at;
   int64_t bytes;
 };
 
@@ -160,8 +166,8 @@ inline BeamStepPlan plan_beam_step(int64_t requests, int64_t beams, int64_t voca
   at += align(plan.sort_in_global ? requests * plan.sort_len * 8 : 0);
   plan.row_count_at = at;
   at += align(rows * 4);
-  plan.row_lse_at = at;
-  at += align(rows * 4);
+  plan.row_norm_at = at;
+  at += align(rows * 8);
   plan.level_count_at = at;
   at += align(plan.level_counts * 4);
   plan.ticket_at = at;
@@ -170,45 +176,78 @@ inline BeamStepPlan plan_beam_step(int64_t requests, int64_t beams, int64_t voca
   return plan;
 }
 
-// Workspace bytes launch_beam_step needs for this shape; throws std::invalid_argument on a shape
-// it cannot run (any size < 1, beams * vocab >= 2^32).
-int64_t beam_step_workspace_bytes(int64_t requests, int64_t beams, int64_t vocab, int64_t k);
+constexpr const char* kBeamStepKernels = "beam_step_rows_kernel/beam_step_merge_kernel";
 
-// Launches the two kernels on `stream`; throws std::runtime_error if a launch fails.
+// Throws std::invalid_argument (with file:line and the kernel names) on a shape the kernels cannot
+// run: any size < 1, beams * vocab >= 2^32 (the keys' index bits), rows past the grid limit.
+inline void check_beam_step_shape(int64_t requests, int64_t beams, int64_t vocab, int64_t k) {
+  EGA_CHECK_ARG(requests >= 1 && beams >= 1 && vocab >= 1 && k >= 1, kBeamStepKernels,
+                "requests, beams, vocab and k must be >= 1; got " + std::to_string(requests) + ", " +
+                    std::to_string(beams) + ", " + std::to_string(vocab) + ", " + std::to_string(k));
+  EGA_CHECK_ARG(beams <= 0xffffffffLL / vocab, kBeamStepKernels,
+                "beams * vocab = " + std::to_string(beams) + " * " + std::to_string(vocab) +
+                    " must be < 2^32 (keys hold beam * vocab + rank)");
+  EGA_CHECK_ARG(requests * beams <= 0x7fffffffLL, kBeamStepKernels,
+                "requests * beams = " + std::to_string(requests * beams) +
+                    " exceeds the grid limit 2^31 - 1");
+}
+
+// Workspace bytes launch_beam_step needs for this shape (the checks above first).
+inline int64_t beam_step_workspace_bytes(int64_t requests, int64_t beams, int64_t vocab, int64_t k,
+                                         const BeamStepLimits& limits = BeamStepLimits{}) {
+  check_beam_step_shape(requests, beams, vocab, k);
+  return plan_beam_step(requests, beams, vocab, k, limits).bytes;
+}
+
+// One call's inputs and outputs (device pointers).
 // logits: [N * P, V], row stride `logits_row_stride` (elements), unit column stride;
 // beam_scores: [N, P] contiguous float32; row_node: [N * P] int64; child_ptr: int64 CSR pointers
 // into child_code (int32) and child_max_bid (float32); allowed: [N * P, V] uint8 or nullptr;
-// workspace: >= beam_step_workspace_bytes(...) bytes, 256-byte aligned, contents ignored;
-// outputs [N, k] contiguous: score, logp float32, parent, token, child int64.
-void launch_beam_step(const void* logits, LogitsDtype logits_dtype, int64_t logits_row_stride,
-                      const float* beam_scores, const int64_t* row_node, const int64_t* child_ptr,
-                      const int32_t* child_code, const float* child_max_bid, const uint8_t* allowed,
-                      int64_t requests, int64_t beams, int64_t vocab, int64_t k, float alpha,
-                      float beta, void* workspace, int64_t workspace_bytes, float* score,
-                      int64_t* parent, int64_t* token, int64_t* child, float* logp,
+// alpha, log_beta: the token weight's exponent and log floor (above); outputs [N, k] contiguous:
+// score, logp float32, parent, token, child int64.
+struct BeamStepArgs {
+  const void* logits;
+  DType logits_dtype;
+  int64_t logits_row_stride;
+  const float* beam_scores;
+  const int64_t* row_node;
+  const int64_t* child_ptr;
+  const int32_t* child_code;
+  const float* child_max_bid;
+  const uint8_t* allowed;
+  int64_t requests, beams, vocab, k;
+  float alpha, log_beta;
+  float* score;
+  int64_t* parent;
+  int64_t* token;
+  int64_t* child;
+  float* logp;
+};
+
+// Launches the two kernels on `stream` (beam_step.cu); workspace: >= beam_step_workspace_bytes
+// bytes, 256-byte aligned, contents ignored. Throws std::invalid_argument on bad arguments and
+// std::runtime_error if a launch fails, with file:line and the kernel name.
+void launch_beam_step(const BeamStepArgs& args, void* workspace, int64_t workspace_bytes,
                       cudaStream_t stream);
 
-// The kernels: nvcc only, or host code for the CPU emulation harness (EGA_INFER_EMULATE_KERNELS,
-// not part of the build), which supplies threadIdx, blockIdx, gridDim, __syncthreads, the warp
-// intrinsics, atomics, __ldcg and beam::dynamic_smem().
+// The kernels: nvcc only, or host code for the CPU emulation (EGA_INFER_EMULATE_KERNELS, see
+// common.cuh), which supplies threadIdx, blockIdx, gridDim, __syncthreads, the warp intrinsics,
+// atomics, __ldcg and detail::dynamic_smem().
 #if defined(__CUDACC__) || defined(EGA_INFER_EMULATE_KERNELS)
 namespace detail {
 namespace beam {
 
 using Key = unsigned long long;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kRowThreads = 256;
 constexpr int kMergeThreads = 512;
 
-#if defined(__CUDACC__)
-// Dynamic shared memory of the running kernel (sized at launch).
-__device__ __forceinline__ unsigned char* dynamic_smem() {
-  extern __shared__ __align__(16) unsigned char beam_step_smem[];
-  return beam_step_smem;
+// log(exp(a) + exp(log_beta)) without overflow: the token weight of a child with
+// a = alpha * log(bid); -inf only when both terms are -inf (never NaN from -inf - -inf).
+__host__ __device__ __forceinline__ float token_weight(float a, float log_beta) {
+  const float m = fmaxf(a, log_beta);
+  if (m == -INFINITY) return -INFINITY;
+  return m + log1pf(expf(-fabsf(a - log_beta)));
 }
-#else
-unsigned char* dynamic_smem();
-#endif
 
 // What scoring a child needs; small, so device functions take it instead of the whole Params
 // (whose address must not be taken: the kernel parameter would be copied to local memory).
@@ -216,8 +255,14 @@ struct Scoring {
   const int32_t* child_code;
   const float* child_max_bid;
   int64_t vocab;
-  float alpha, beta;
-  float flat_weight;  // log(1 + beta): every child's weight when alpha == 0 (pow(x, 0) == 1)
+  float alpha, log_beta;
+  float flat_weight;  // token_weight(0, log_beta) = log(1 + beta): every child's when alpha == 0
+};
+
+// A row's log-softmax normaliser: logp = (v - m) - log_sum; m = -inf when no child is admissible.
+struct RowNorm {
+  float m;
+  float log_sum;
 };
 
 // Kernel arguments: inputs, workspace regions, outputs and the plan.
@@ -231,7 +276,7 @@ struct Params {
   Scoring scoring;
   Key* row_keys;         // [N * P, row_cap]
   uint32_t* row_count;   // [N * P]
-  float* row_lse;        // [N * P]
+  RowNorm* row_norm;     // [N * P]
   Key* level_keys;       // per level [N, nodes, cap]
   uint32_t* level_count; // per level [N, nodes]
   uint32_t* tickets;     // per level >= 1 [N, nodes]
@@ -252,16 +297,12 @@ inline Params make_params(const BeamStepPlan& plan, void* workspace) {
   p.level_keys = reinterpret_cast<Key*>(base + plan.level_keys_at);
   p.sort_keys = plan.sort_in_global ? reinterpret_cast<Key*>(base + plan.sort_at) : nullptr;
   p.row_count = reinterpret_cast<uint32_t*>(base + plan.row_count_at);
-  p.row_lse = reinterpret_cast<float*>(base + plan.row_lse_at);
+  p.row_norm = reinterpret_cast<RowNorm*>(base + plan.row_norm_at);
   p.level_count = reinterpret_cast<uint32_t*>(base + plan.level_count_at);
   p.tickets = reinterpret_cast<uint32_t*>(base + plan.ticket_at);
   p.plan = plan;
   return p;
 }
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 
 // ---- keys ----------------------------------------------------------------------------------
 
@@ -294,12 +335,13 @@ __device__ __forceinline__ float child_value(const Scoring& sc, const T* logits_
   const int32_t code = sc.child_code[j];
   if (code < 0 || code >= sc.vocab) return -INFINITY;  // malformed trie: never read outside
   if (allowed_row != nullptr && allowed_row[code] == 0) return -INFINITY;
-  const float weight = sc.alpha == 0.0f ? sc.flat_weight : logf(powf(sc.child_max_bid[j], sc.alpha) + sc.beta);
+  const float weight = sc.alpha == 0.0f ? sc.flat_weight
+                                         : token_weight(sc.alpha * logf(sc.child_max_bid[j]), sc.log_beta);
   const float v = to_float(logits_row[code]) + weight;
   return v > -INFINITY ? v : -INFINITY;  // NaN is not admissible, as in the reference
 }
 
-__device__ __forceinline__ float child_logp(float v, float lse) { return v - lse; }
+__device__ __forceinline__ float child_logp(float v, RowNorm norm) { return (v - norm.m) - norm.log_sum; }
 
 // Order of the candidate's score, or 0 when it is not a candidate (score -inf or NaN).
 __device__ __forceinline__ uint32_t candidate_order(float beam_score, float logp) {
@@ -308,17 +350,6 @@ __device__ __forceinline__ uint32_t candidate_order(float beam_score, float logp
 }
 
 // ---- block primitives ------------------------------------------------------------------------
-
-struct MaxSum {  // running (max, sum of exp(x - max)); merge is associative, safe when empty
-  float m;
-  float s;
-};
-
-__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
-  const float m = fmaxf(a.m, b.m);
-  if (m == -INFINITY) return {m, 0.0f};
-  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
-}
 
 template <int THREADS>
 struct SelectShared {
@@ -331,20 +362,6 @@ struct SelectShared {
   uint32_t digit, above, in_digit;
   uint32_t emitted;
 };
-
-__device__ __forceinline__ uint32_t warp_sum(uint32_t x) {
-  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
-  return x;
-}
-
-__device__ __forceinline__ MaxSum warp_merge(MaxSum acc) {
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const MaxSum other{__shfl_xor_sync(kFullMask, acc.m, offset),
-                       __shfl_xor_sync(kFullMask, acc.s, offset)};
-    acc = merge(acc, other);
-  }
-  return acc;
-}
 
 // Inclusive prefix sum over the lanes of a warp.
 __device__ __forceinline__ uint32_t warp_inclusive_sum(uint32_t x) {
@@ -370,9 +387,9 @@ __device__ uint32_t block_sum(uint32_t x, SelectShared<THREADS>& sh) {
   return sh.total;
 }
 
-// log(sum exp) over the block's admissible values; -inf when there is none.
+// The normaliser of the block's admissible values (m = -inf when there is none).
 template <int THREADS>
-__device__ float block_logsumexp(MaxSum acc, SelectShared<THREADS>& sh) {
+__device__ RowNorm block_norm(MaxSum acc, SelectShared<THREADS>& sh) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   acc = warp_merge(acc);
   if (lane == 0) sh.warp_ms[warp] = acc;
@@ -383,7 +400,7 @@ __device__ float block_logsumexp(MaxSum acc, SelectShared<THREADS>& sh) {
   }
   __syncthreads();
   const MaxSum total = sh.ms_total;
-  return total.m == -INFINITY ? -INFINITY : total.m + logf(total.s);
+  return {total.m, total.m == -INFINITY ? 0.0f : logf(total.s)};
 }
 
 // ---- radix select ----------------------------------------------------------------------------
@@ -512,7 +529,8 @@ struct StreamedRowKeys {
   const T* logits_row;
   const uint8_t* allowed_row;
   int64_t begin, count;
-  float beam_score, lse;
+  float beam_score;
+  RowNorm norm;
   uint32_t flat_base;
   template <class F>
   __device__ void for_each(F&& f) const {
@@ -521,7 +539,7 @@ struct StreamedRowKeys {
       uint32_t o = 0;
       if (i < count) {
         const float v = child_value(scoring, logits_row, allowed_row, begin + i);
-        o = candidate_order(beam_score, child_logp(v, lse));
+        o = candidate_order(beam_score, child_logp(v, norm));
       }
       f(o != 0 ? make_key(o, flat_base + static_cast<uint32_t>(i)) : Key{0});
     }
@@ -551,33 +569,33 @@ __global__ void __launch_bounds__(THREADS) beam_step_rows_kernel(const Params a)
   const uint8_t* allowed_row = a.allowed == nullptr ? nullptr : a.allowed + r * plan.vocab;
   const bool in_smem = count <= plan.row_smem_children;
 
-  // Pass 1: v of every child (kept in shared memory when it fits) and the row's logsumexp.
+  // Pass 1: v of every child (kept in shared memory when it fits) and the row's normaliser.
   MaxSum acc{-INFINITY, 0.0f};
   for (int64_t i = threadIdx.x; i < count; i += THREADS) {
     const float v = child_value(a.scoring, logits_row, allowed_row, begin + i);
     if (in_smem) staged[i] = __float_as_uint(v);
     acc = merge(acc, MaxSum{v, v == -INFINITY ? 0.0f : 1.0f});
   }
-  const float lse = block_logsumexp<THREADS>(acc, sh);
+  const RowNorm norm = block_norm<THREADS>(acc, sh);
 
   // Pass 2: keys, then the row's top S. Each thread only touches its own staged entries.
   const uint32_t flat_base = static_cast<uint32_t>(r % plan.beams) * static_cast<uint32_t>(plan.vocab);
   Key* out = a.row_keys + r * plan.row_cap;
   const uint32_t need = static_cast<uint32_t>(plan.row_cap);
   uint32_t kept = 0;
-  if (lse == -INFINITY) {
+  if (norm.m == -INFINITY) {
     kept = 0;  // no admissible child (or a dead row)
   } else if (in_smem) {
     for (int64_t i = threadIdx.x; i < count; i += THREADS)
-      staged[i] = candidate_order(beam_score, child_logp(__uint_as_float(staged[i]), lse));
+      staged[i] = candidate_order(beam_score, child_logp(__uint_as_float(staged[i]), norm));
     kept = select_top<THREADS>(StagedRowKeys<THREADS>{staged, count, flat_base}, need, out, sh);
   } else {
-    const StreamedRowKeys<T, THREADS> keys{a.scoring, logits_row, allowed_row, begin, count, beam_score, lse, flat_base};
+    const StreamedRowKeys<T, THREADS> keys{a.scoring, logits_row, allowed_row, begin, count, beam_score, norm, flat_base};
     kept = select_top<THREADS>(keys, need, out, sh);
   }
   if (threadIdx.x == 0) {
     a.row_count[r] = kept;
-    a.row_lse[r] = lse;
+    a.row_norm[r] = norm;
   }
 }
 
@@ -711,7 +729,7 @@ __device__ __forceinline__ void write_entry(const Params& a, int64_t n, int64_t 
   a.parent[o] = beam;
   a.token[o] = a.scoring.child_code[j];
   a.child[o] = j;
-  a.logp[o] = child_logp(child_value(a.scoring, logits_row, allowed_row, j), a.row_lse[r]);
+  a.logp[o] = child_logp(child_value(a.scoring, logits_row, allowed_row, j), a.row_norm[r]);
 }
 
 template <typename T, int THREADS>
@@ -772,6 +790,55 @@ __global__ void __launch_bounds__(THREADS) beam_step_merge_kernel(const Params a
     __threadfence();  // acquire side: the siblings' lists are read below
     node = parent;
   }
+}
+
+// ---- the launch ---------------------------------------------------------------------------------
+
+// One call, for the launcher (beam_step.cu) and the CPU emulation alike: the argument checks, the
+// plan and the params, then launch(kernel, name, grid, threads, dynamic_smem_bytes, params) for
+// the two kernels in order. `limits`: the shared-memory capacities (the emulation shrinks them).
+template <class Launch>
+void run_beam_step(const BeamStepArgs& args, const BeamStepLimits& limits, void* workspace,
+                   int64_t workspace_bytes, Launch&& launch) {
+  check_beam_step_shape(args.requests, args.beams, args.vocab, args.k);
+  const BeamStepPlan plan = plan_beam_step(args.requests, args.beams, args.vocab, args.k, limits);
+  EGA_CHECK_ARG(plan.levels <= kBeamStepMaxLevels, kBeamStepKernels,
+                "merge tree deeper than kBeamStepMaxLevels");
+  EGA_CHECK_ARG(workspace != nullptr && workspace_bytes >= plan.bytes, kBeamStepKernels,
+                "workspace of " + std::to_string(workspace_bytes) + " bytes; need " +
+                    std::to_string(plan.bytes) + " (beam_step_workspace_bytes)");
+  EGA_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % 256 == 0, kBeamStepKernels,
+                "workspace must be 256-byte aligned");
+  EGA_CHECK_ARG(args.logits != nullptr && args.beam_scores != nullptr && args.row_node != nullptr &&
+                    args.child_ptr != nullptr && args.score != nullptr && args.parent != nullptr &&
+                    args.token != nullptr && args.child != nullptr && args.logp != nullptr,
+                kBeamStepKernels, "logits, beam_scores, row_node, child_ptr and the outputs must be non-null");
+  EGA_CHECK_ARG(args.logits_row_stride >= 0, kBeamStepKernels, "logits_row_stride must be >= 0");
+
+  Params params = make_params(plan, workspace);
+  params.logits = args.logits;
+  params.logits_row_stride = args.logits_row_stride;
+  params.beam_scores = args.beam_scores;
+  params.row_node = args.row_node;
+  params.child_ptr = args.child_ptr;
+  params.allowed = args.allowed;
+  params.scoring = Scoring{args.child_code, args.child_max_bid, args.vocab, args.alpha, args.log_beta,
+                           token_weight(0.0f, args.log_beta)};
+  params.score = args.score;
+  params.parent = args.parent;
+  params.token = args.token;
+  params.child = args.child;
+  params.logp = args.logp;
+
+  const int64_t rows = plan.requests * plan.beams;
+  const int64_t merge_blocks = plan.requests * plan.level[0].nodes;
+  dispatch_dtype(args.logits_dtype, kBeamStepKernels, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch(beam_step_rows_kernel<T, kRowThreads>, "beam_step_rows_kernel",
+           dim3(static_cast<unsigned int>(rows)), kRowThreads, plan.row_smem_children * 4, params);
+    launch(beam_step_merge_kernel<T, kMergeThreads>, "beam_step_merge_kernel",
+           dim3(static_cast<unsigned int>(merge_blocks)), kMergeThreads, plan.merge_smem_keys * 8, params);
+  });
 }
 
 }  // namespace beam

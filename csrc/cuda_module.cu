@@ -4,8 +4,8 @@
 // objects, so the module does not depend on torch's C++ ABI. cudart is linked statically.
 // Host code only: CMake compiles this file with the C++ compiler, since nvcc would parse the
 // pybind11 headers once per GPU architecture (about twice the build time on a 2-core machine).
-// The kernels live in trie_log_softmax.cu (with the __CUDA_ARCH_LIST__ they were built for),
-// beam_step.cu and decode_attention.cu.
+// The kernels live in beam_step.cu and decode_attention.cu, the __CUDA_ARCH_LIST__ they were built
+// for in common.cu.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -17,19 +17,18 @@
 #include <vector>
 
 #include "beam_step.cuh"
+#include "common.cuh"
 #include "decode_attention.cuh"
-#include "trie_log_softmax.cuh"
 
 namespace py = pybind11;
 
 namespace {
 
-ega_infer::LogitsDtype parse_dtype(const std::string& name) {
-  if (name == "float32") return ega_infer::LogitsDtype::kFloat32;
-  if (name == "bfloat16") return ega_infer::LogitsDtype::kBFloat16;
-  if (name == "float16") return ega_infer::LogitsDtype::kFloat16;
-  throw std::invalid_argument("logits_dtype: '" + name +
-                              "'; expected 'float32', 'bfloat16' or 'float16'");
+ega_infer::DType parse_dtype(const std::string& name) {
+  if (name == "float32") return ega_infer::DType::kFloat32;
+  if (name == "bfloat16") return ega_infer::DType::kBFloat16;
+  if (name == "float16") return ega_infer::DType::kFloat16;
+  throw std::invalid_argument("dtype: '" + name + "'; expected 'float32', 'bfloat16' or 'float16'");
 }
 
 template <typename T>
@@ -37,37 +36,41 @@ T* as_ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
-void trie_log_softmax(uintptr_t logits_ptr, const std::string& logits_dtype,
-                      int64_t logits_row_stride, uintptr_t row_node_ptr, uintptr_t child_ptr_ptr,
-                      uintptr_t child_code_ptr, uintptr_t child_max_bid_ptr, uintptr_t allowed_ptr,
-                      uintptr_t out_ptr, int64_t rows, int64_t vocab, float alpha, float beta,
-                      uintptr_t stream) {
-  const ega_infer::LogitsDtype dtype = parse_dtype(logits_dtype);
-  py::gil_scoped_release release;
-  ega_infer::launch_trie_log_softmax(
-      as_ptr<const void>(logits_ptr), dtype, logits_row_stride, as_ptr<const int64_t>(row_node_ptr),
-      as_ptr<const int64_t>(child_ptr_ptr), as_ptr<const int32_t>(child_code_ptr),
-      as_ptr<const float>(child_max_bid_ptr), as_ptr<const uint8_t>(allowed_ptr),
-      as_ptr<float>(out_ptr), rows, vocab, alpha, beta, reinterpret_cast<cudaStream_t>(stream));
-}
-
 void beam_step(uintptr_t logits_ptr, const std::string& logits_dtype, int64_t logits_row_stride,
                uintptr_t beam_scores_ptr, uintptr_t row_node_ptr, uintptr_t child_ptr_ptr,
                uintptr_t child_code_ptr, uintptr_t child_max_bid_ptr, uintptr_t allowed_ptr,
-               int64_t requests, int64_t beams, int64_t vocab, int64_t k, float alpha, float beta,
-               uintptr_t workspace_ptr, int64_t workspace_bytes, uintptr_t score_ptr,
+               int64_t requests, int64_t beams, int64_t vocab, int64_t k, float alpha,
+               float log_beta, uintptr_t workspace_ptr, int64_t workspace_bytes, uintptr_t score_ptr,
                uintptr_t parent_ptr, uintptr_t token_ptr, uintptr_t child_ptr_out,
                uintptr_t logp_ptr, uintptr_t stream) {
-  const ega_infer::LogitsDtype dtype = parse_dtype(logits_dtype);
+  ega_infer::BeamStepArgs args{};
+  args.logits = as_ptr<const void>(logits_ptr);
+  args.logits_dtype = parse_dtype(logits_dtype);
+  args.logits_row_stride = logits_row_stride;
+  args.beam_scores = as_ptr<const float>(beam_scores_ptr);
+  args.row_node = as_ptr<const int64_t>(row_node_ptr);
+  args.child_ptr = as_ptr<const int64_t>(child_ptr_ptr);
+  args.child_code = as_ptr<const int32_t>(child_code_ptr);
+  args.child_max_bid = as_ptr<const float>(child_max_bid_ptr);
+  args.allowed = as_ptr<const uint8_t>(allowed_ptr);
+  args.requests = requests;
+  args.beams = beams;
+  args.vocab = vocab;
+  args.k = k;
+  args.alpha = alpha;
+  args.log_beta = log_beta;
+  args.score = as_ptr<float>(score_ptr);
+  args.parent = as_ptr<int64_t>(parent_ptr);
+  args.token = as_ptr<int64_t>(token_ptr);
+  args.child = as_ptr<int64_t>(child_ptr_out);
+  args.logp = as_ptr<float>(logp_ptr);
   py::gil_scoped_release release;
-  ega_infer::launch_beam_step(
-      as_ptr<const void>(logits_ptr), dtype, logits_row_stride, as_ptr<const float>(beam_scores_ptr),
-      as_ptr<const int64_t>(row_node_ptr), as_ptr<const int64_t>(child_ptr_ptr),
-      as_ptr<const int32_t>(child_code_ptr), as_ptr<const float>(child_max_bid_ptr),
-      as_ptr<const uint8_t>(allowed_ptr), requests, beams, vocab, k, alpha, beta,
-      as_ptr<void>(workspace_ptr), workspace_bytes, as_ptr<float>(score_ptr),
-      as_ptr<int64_t>(parent_ptr), as_ptr<int64_t>(token_ptr), as_ptr<int64_t>(child_ptr_out),
-      as_ptr<float>(logp_ptr), reinterpret_cast<cudaStream_t>(stream));
+  ega_infer::launch_beam_step(args, as_ptr<void>(workspace_ptr), workspace_bytes,
+                              reinterpret_cast<cudaStream_t>(stream));
+}
+
+int64_t beam_step_workspace_bytes(int64_t requests, int64_t beams, int64_t vocab, int64_t k) {
+  return ega_infer::beam_step_workspace_bytes(requests, beams, vocab, k);
 }
 
 // [N, P, Hq, Hkv, S, T, D] from Python.
@@ -107,7 +110,7 @@ void decode_attention(uintptr_t q_ptr, uintptr_t ctx_k_ptr, uintptr_t ctx_v_ptr,
                       const std::vector<int64_t>& own_k_stride, const std::vector<int64_t>& own_v_stride,
                       float scale, int num_sms, int64_t num_splits, uintptr_t workspace_ptr,
                       int64_t workspace_bytes, uintptr_t stream) {
-  const ega_infer::LogitsDtype code = parse_dtype(dtype);
+  const ega_infer::DType code = parse_dtype(dtype);
   const ega_infer::DecodeAttentionShape s = attention_shape(shape);
   ega_infer::DecodeAttentionTensors t{};
   t.q = as_ptr<const void>(q_ptr);
@@ -138,15 +141,7 @@ int driver_version() {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "ega_infer CUDA kernels over raw device pointers (cudart linked statically).";
-  m.def("trie_log_softmax", &trie_log_softmax, py::arg("logits_ptr"), py::arg("logits_dtype"),
-        py::arg("logits_row_stride"), py::arg("row_node_ptr"), py::arg("child_ptr_ptr"),
-        py::arg("child_code_ptr"), py::arg("child_max_bid_ptr"), py::arg("allowed_ptr"),
-        py::arg("out_ptr"), py::arg("rows"), py::arg("vocab"), py::arg("alpha"), py::arg("beta"),
-        py::arg("stream"),
-        "Launch the trie log-softmax kernel. Pointers: logits [rows, vocab] (row stride given), "
-        "row_node int64 [rows], child_ptr int64, child_code int32, child_max_bid float32, "
-        "allowed uint8 [rows, vocab] or 0, out float32 [rows, vocab]; stream: a cudaStream_t.");
-  m.def("beam_step_workspace_bytes", &ega_infer::beam_step_workspace_bytes, py::arg("requests"),
+  m.def("beam_step_workspace_bytes", &beam_step_workspace_bytes, py::arg("requests"),
         py::arg("beams"), py::arg("vocab"), py::arg("k"),
         "Bytes of device workspace beam_step needs for [requests * beams, vocab] logits and k "
         "beams kept per request (ValueError when a size is < 1 or beams * vocab >= 2^32).");
@@ -154,13 +149,14 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("logits_row_stride"), py::arg("beam_scores_ptr"), py::arg("row_node_ptr"),
         py::arg("child_ptr_ptr"), py::arg("child_code_ptr"), py::arg("child_max_bid_ptr"),
         py::arg("allowed_ptr"), py::arg("requests"), py::arg("beams"), py::arg("vocab"),
-        py::arg("k"), py::arg("alpha"), py::arg("beta"), py::arg("workspace_ptr"),
+        py::arg("k"), py::arg("alpha"), py::arg("log_beta"), py::arg("workspace_ptr"),
         py::arg("workspace_bytes"), py::arg("score_ptr"), py::arg("parent_ptr"),
         py::arg("token_ptr"), py::arg("child_out_ptr"), py::arg("logp_ptr"), py::arg("stream"),
         "Launch the fused beam step (two kernels). Pointers: logits [N*P, V] (row stride given), "
         "beam_scores float32 [N, P], row_node int64 [N*P], child_ptr int64, child_code int32, "
         "child_max_bid float32, allowed uint8 [N*P, V] or 0, workspace (beam_step_workspace_bytes, "
-        "256-byte aligned); outputs [N, k]: score, logp float32, parent, token, child int64.");
+        "256-byte aligned); outputs [N, k]: score, logp float32, parent, token, child int64. "
+        "Token weight logaddexp(alpha * log(bid), log_beta), with log_beta = log(beta) (-inf for 0).");
   m.def("decode_attention_workspace_bytes", &decode_attention_workspace_bytes, py::arg("dtype"),
         py::arg("shape"), py::arg("num_sms"), py::arg("num_splits"),
         "Bytes of float32 split-K partials decode_attention needs for shape [N, P, Hq, Hkv, S, T, D] "
@@ -176,6 +172,8 @@ PYBIND11_MODULE(_cuda, m) {
         "[N, P, Hq, D], ctx_k/ctx_v [N, Hkv, S, D], ctx_len int32/int64 [N], own_k/own_v "
         "[N, P, Hkv, T, D] or 0 when T = 0, all with element strides; out contiguous [N, P, Hq, D] "
         "in dtype; workspace: decode_attention_workspace_bytes, 16-byte aligned.");
+  m.attr("decode_attention_max_head_dim") = ega_infer::kDecodeAttentionMaxHeadDim;
+  m.attr("decode_attention_mma_max_head_dim") = ega_infer::kDecodeAttentionMmaMaxHeadDim;
   m.def("compiled_archs", &ega_infer::compiled_cuda_archs,
         "CUDA architectures compiled in, from nvcc's __CUDA_ARCH_LIST__ (e.g. [800, 900]).");
   m.def("cuda_runtime_version", []() { return CUDART_VERSION; },

@@ -45,9 +45,10 @@
 //   8 rows; P V: lane c owns output columns c, c + 32, ...; exact fp32 FMAs, no tensor cores
 //   (fp32 inputs are not rounded to TF32, matching the float32 reference to ~1e-6).
 //
-// Checked so far on the CPU only: both paths, the merge and the plan run in a block emulator
-// (fibers per thread, mma / ldmatrix / cp.async emulated from the PTX ISA's fragment layouts)
-// against the PyTorch reference; the inline PTX itself has only been compiled, not run.
+// Checked on every test run on the CPU (tests/test_cuda_emulation.py): both paths, the merge and
+// the plan run through run_decode_attention below in a block emulator (a fiber per thread; mma,
+// ldmatrix and cp.async emulated from the PTX ISA's fragment layouts) against the PyTorch
+// reference. The inline PTX itself (the __CUDACC__ branch below) only runs on a GPU.
 // Not tuned (nothing here has run on an H100 yet): tile sizes (64 rows x 64 keys, 4 warps) and the
 // 2-stage pipeline are FA2-like starting points; with mma.sync (no wgmma/TMA) a Hopper kernel is
 // expected to plateau well below the 400 TFLOP/s goal at 512 beams, and 64-row blocks re-read the
@@ -57,16 +58,13 @@
 // (sm_90a) for the compute-bound 512-beam case. The split heuristic mirrors the Triton kernel's.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
-#include "trie_log_softmax.cuh"  // LogitsDtype: the float32 / bfloat16 / float16 codes
+#include "common.cuh"
 
 namespace ega_infer {
 
@@ -116,16 +114,12 @@ struct DecodeAttentionPlan {
 
 inline int64_t decode_attention_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-inline int64_t decode_attention_elem_bytes(LogitsDtype dtype) {
-  return dtype == LogitsDtype::kFloat32 ? 4 : 2;
-}
-
 // Whether the tensor-core path can take these inputs: 16-bit dtype, D % 16 == 0, D <= 128,
 // context K/V rows that cp.async can copy in 16-byte chunks (unit stride along D, other strides
 // multiples of 8 elements, 16-byte aligned base), and unit stride along D for q, own_k, own_v.
-inline bool decode_attention_mma_ok(LogitsDtype dtype, const DecodeAttentionShape& shape,
+inline bool decode_attention_mma_ok(DType dtype, const DecodeAttentionShape& shape,
                                     const DecodeAttentionTensors& t) {
-  if (dtype == LogitsDtype::kFloat32) return false;
+  if (dtype == DType::kFloat32) return false;
   if (shape.head_dim % 16 != 0 || shape.head_dim > kDecodeAttentionMmaMaxHeadDim) return false;
   for (const int64_t* stride : {t.ctx_k_stride, t.ctx_v_stride}) {
     if (stride[3] != 1 || stride[0] % 8 != 0 || stride[1] % 8 != 0 || stride[2] % 8 != 0) {
@@ -142,7 +136,7 @@ inline bool decode_attention_mma_ok(LogitsDtype dtype, const DecodeAttentionShap
 
 // Grid and split choice; the workspace size depends on the shape only (not on the path).
 // num_splits > 0 forces that many splits (capped so none is empty past S); 0 picks.
-inline DecodeAttentionPlan plan_decode_attention(LogitsDtype dtype, const DecodeAttentionShape& s,
+inline DecodeAttentionPlan plan_decode_attention(DType dtype, const DecodeAttentionShape& s,
                                                  bool mma_ok, int num_sms, int64_t num_splits) {
   DecodeAttentionPlan plan{};
   plan.path = mma_ok ? DecodeAttentionPath::kMma : DecodeAttentionPath::kScalar;
@@ -154,7 +148,7 @@ inline DecodeAttentionPlan plan_decode_attention(LogitsDtype dtype, const Decode
   if (num_splits <= 0 && plan.programs < 2 * int64_t{num_sms} && s.ctx_size >= 512) {
     // Partials: float32 accumulator + max + sum per query row and split, written and read back.
     const double partial_bytes = 2.0 * s.beams * s.q_heads * (s.head_dim + 2) * 4;
-    const double ctx_bytes = 2.0 * s.kv_heads * s.ctx_size * s.head_dim * decode_attention_elem_bytes(dtype);
+    const double ctx_bytes = 2.0 * s.kv_heads * s.ctx_size * s.head_dim * dtype_bytes(dtype);
     const int64_t budget = std::max<int64_t>(1, static_cast<int64_t>(0.1 * ctx_bytes / partial_bytes));
     splits = std::min({decode_attention_cdiv(2 * int64_t{num_sms}, std::max<int64_t>(plan.programs, 1)),
                        s.ctx_size / 256, budget});
@@ -173,7 +167,7 @@ inline DecodeAttentionPlan plan_decode_attention(LogitsDtype dtype, const Decode
 // kernel name) on bad sizes or a failed launch. out: contiguous [N, P, Hq, D] in the input dtype.
 // num_sms: the device's SM count (for the split choice); num_splits: 0 = choose, > 0 = force.
 // workspace: >= plan_decode_attention(...).workspace_bytes bytes, 16-byte aligned (or null when 0).
-void launch_decode_attention(LogitsDtype dtype, const DecodeAttentionShape& shape,
+void launch_decode_attention(DType dtype, const DecodeAttentionShape& shape,
                              const DecodeAttentionTensors& tensors, void* out, float scale,
                              int num_sms, int64_t num_splits, void* workspace,
                              int64_t workspace_bytes, cudaStream_t stream);
@@ -257,14 +251,12 @@ inline int64_t decode_attention_smem_bytes(DecodeAttentionPath path, int64_t d) 
   return (64 * d + 32 * (d | 1) + 32 * d + 8 * 8 * 32) * 4;  // q, K, V (float32), P per warp
 }
 
-// The kernels: nvcc only, or host code for a CPU emulation harness (EGA_INFER_EMULATE_KERNELS, not
-// part of the build), which then supplies threadIdx, blockIdx, __syncthreads, __syncwarp,
-// __shfl_xor_sync and the detail::dattn primitives declared below without a body.
+// The kernels: nvcc only, or host code for the CPU emulation (EGA_INFER_EMULATE_KERNELS, see
+// common.cuh), which then also supplies the detail::dattn primitives declared below without a body.
 #if defined(__CUDACC__) || defined(EGA_INFER_EMULATE_KERNELS)
 namespace detail {
 namespace dattn {
 
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaRows = 16 * kMmaWarps;  // == kDecodeAttentionRowBlock
@@ -283,21 +275,6 @@ static_assert(kDecodeAttentionSplitAlign % kMmaKeys == 0 && kDecodeAttentionSpli
               "a split boundary never cuts a key tile");
 
 // ---- dtype helpers -----------------------------------------------------------------------------
-
-__host__ __device__ __forceinline__ float to_float(float x) { return x; }
-__host__ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__host__ __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-
-template <typename T>
-__host__ __device__ __forceinline__ T from_float(float x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return x;
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __float2bfloat16_rn(x);
-  } else {
-    return __float2half_rn(x);
-  }
-}
 
 __host__ __device__ __forceinline__ uint16_t bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
 __host__ __device__ __forceinline__ uint16_t bits16(__half x) { return __half_as_ushort(x); }
@@ -370,11 +347,6 @@ __host__ __device__ __forceinline__ int64_t context_length(const void* ctx_len, 
 // ---- warp-level primitives ---------------------------------------------------------------------
 
 #if defined(__CUDACC__)
-__device__ __forceinline__ unsigned char* dynamic_smem() {
-  extern __shared__ __align__(16) unsigned char decode_attention_smem[];
-  return decode_attention_smem;
-}
-
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -425,7 +397,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 }
 #else
 // Supplied by the emulation harness, with the semantics documented above.
-unsigned char* dynamic_smem();
 void cp_async_16(void* smem, const void* gmem, int src_bytes);
 void cp_async_commit();
 template <int N>
@@ -444,16 +415,6 @@ __device__ __forceinline__ float quad_max(float x) {
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(kFullMask, x, 1);
   return x + __shfl_xor_sync(kFullMask, x, 2);
-}
-
-__device__ __forceinline__ float warp_max(float x) {
-  for (int offset = 16; offset > 0; offset >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, offset));
-  return x;
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
-  return x;
 }
 
 // One query row of a CTA: its beam and query head, or invalid past the group's P * G rows.
@@ -912,6 +873,85 @@ decode_attention_combine_kernel(const float* __restrict__ part_acc, const float*
     }
     out[row * d + col] = from_float<T>(finish(acc, l_sum));
   }
+}
+
+// ---- the launch ---------------------------------------------------------------------------------
+
+// One call, for the launcher (decode_attention.cu) and the CPU emulation alike: the argument
+// checks, the plan and the params, then launch(kernel, name, grid, threads, dynamic_smem_bytes,
+// kernel arguments...) for the main kernel of the chosen path and, when split, the merge.
+template <class Launch>
+void run_decode_attention(DType dtype, const DecodeAttentionShape& s, const DecodeAttentionTensors& tensors,
+                          void* out, float scale, int num_sms, int64_t num_splits, void* workspace,
+                          int64_t workspace_bytes, Launch&& launch) {
+  constexpr const char* kOp = "decode_attention";
+  EGA_CHECK_ARG(s.requests >= 0 && s.beams >= 0 && s.q_heads >= 0 && s.ctx_size >= 0 && s.own_len >= 0,
+                kOp, "sizes must be >= 0");
+  EGA_CHECK_ARG(s.kv_heads >= 1 && s.q_heads % s.kv_heads == 0, kOp,
+                "kv_heads = " + std::to_string(s.kv_heads) + " must be >= 1 and divide q_heads = " +
+                    std::to_string(s.q_heads));
+  EGA_CHECK_ARG(s.head_dim >= 1 && s.head_dim <= kDecodeAttentionMaxHeadDim, kOp,
+                "head_dim = " + std::to_string(s.head_dim) + "; expected 1 .. " +
+                    std::to_string(kDecodeAttentionMaxHeadDim));
+  EGA_CHECK_ARG(num_splits >= 0, kOp, "num_splits must be >= 0 (0 = choose)");
+  EGA_CHECK_ARG(dtype == DType::kFloat32 || dtype == DType::kBFloat16 || dtype == DType::kFloat16, kOp,
+                "unknown dtype code " + std::to_string(static_cast<int>(dtype)));
+  const int64_t total_rows = s.requests * s.beams * s.q_heads;
+  if (total_rows == 0) return;
+  EGA_CHECK_ARG(tensors.q != nullptr && tensors.ctx_len != nullptr && out != nullptr, kOp,
+                "q, ctx_len and out must be non-null");
+  EGA_CHECK_ARG(s.ctx_size == 0 || (tensors.ctx_k != nullptr && tensors.ctx_v != nullptr), kOp,
+                "ctx_k and ctx_v must be non-null when ctx_size > 0");
+  EGA_CHECK_ARG(s.own_len == 0 || (tensors.own_k != nullptr && tensors.own_v != nullptr), kOp,
+                "own_k and own_v must be non-null when own_len > 0");
+
+  const DecodeAttentionPlan plan =
+      plan_decode_attention(dtype, s, decode_attention_mma_ok(dtype, s, tensors), num_sms, num_splits);
+  EGA_CHECK_ARG(plan.programs <= 0x7fffffff, kOp,
+                "N * Hkv * row blocks = " + std::to_string(plan.programs) + " exceeds the grid limit 2^31 - 1");
+  EGA_CHECK_ARG(plan.num_splits <= 65535, kOp,
+                "num_splits = " + std::to_string(plan.num_splits) + " exceeds the grid limit 65535");
+  EGA_CHECK_ARG(workspace_bytes >= plan.workspace_bytes, kOp,
+                "workspace has " + std::to_string(workspace_bytes) + " bytes; the plan needs " +
+                    std::to_string(plan.workspace_bytes));
+  EGA_CHECK_ARG(plan.workspace_bytes == 0 ||
+                    (workspace != nullptr && reinterpret_cast<uintptr_t>(workspace) % 16 == 0),
+                kOp, "workspace must be non-null and 16-byte aligned");
+
+  const DecodeAttentionParams params = make_decode_attention_params(plan, s, tensors, out, scale, workspace);
+  const dim3 grid(static_cast<unsigned int>(plan.programs), static_cast<unsigned int>(plan.num_splits));
+  const int d = params.head_dim;
+  const int64_t smem = decode_attention_smem_bytes(plan.path, d);
+  dispatch_dtype(dtype, kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if (plan.path == DecodeAttentionPath::kMma) {
+      if constexpr (!std::is_same_v<T, float>) {  // the plan never picks it for float32
+        constexpr const char* kName = "decode_attention_mma_kernel";
+        if (d <= 64) {
+          launch(decode_attention_mma_kernel<T, 4>, kName, grid, kMmaThreads, smem, params);
+        } else {
+          launch(decode_attention_mma_kernel<T, 8>, kName, grid, kMmaThreads, smem, params);
+        }
+      }
+    } else {
+      constexpr const char* kName = "decode_attention_scalar_kernel";
+      if (d <= 64) {
+        launch(decode_attention_scalar_kernel<T, 2>, kName, grid, kScalarThreads, smem, params);
+      } else if (d <= 128) {
+        launch(decode_attention_scalar_kernel<T, 4>, kName, grid, kScalarThreads, smem, params);
+      } else {
+        launch(decode_attention_scalar_kernel<T, 8>, kName, grid, kScalarThreads, smem, params);
+      }
+    }
+    if (plan.num_splits > 1) {
+      const int64_t blocks = decode_attention_cdiv(params.total_rows, kCombineWarps);
+      launch(decode_attention_combine_kernel<T>, "decode_attention_combine_kernel",
+             dim3(static_cast<unsigned int>(blocks)), kCombineWarps * 32, int64_t{0},
+             static_cast<const float*>(params.part_acc), static_cast<const float*>(params.part_m),
+             static_cast<const float*>(params.part_l), static_cast<T*>(params.out), params.total_rows,
+             d, static_cast<int>(plan.num_splits));
+    }
+  });
 }
 
 }  // namespace dattn
