@@ -15,6 +15,8 @@ __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
     "CompiledKernelsError",
+    "CatalogFileError",
+    "ConfigFileError",
     "SidCollisionWarning",
 ]
 
@@ -63,6 +65,18 @@ class CheckpointError(EgaInferError, OSError):
 class CompiledKernelsError(EgaInferError, RuntimeError):
     """Ahead-of-time compiled kernels (``ega-infer compile``) failed to build, or a prepared
     directory does not match this host (Triton build, GPU architecture)."""
+
+
+class CatalogFileError(CheckpointError, CatalogError):
+    """A catalog file (``Catalog.load``) holds a tensor or metadata entry that is missing or
+    malformed: a file problem (``CheckpointError``) about one named field (``CatalogError``:
+    ``field`` is the tensor or metadata key, ``"bids[3]"``, ``"codebook_sizes"``)."""
+
+
+class ConfigFileError(CheckpointError, ConfigError):
+    """A ``config.json`` (``GenerativeAdModel.from_pretrained``) holds a setting that is
+    missing or invalid: a file problem (``CheckpointError``) about one named field
+    (``ConfigError``: ``field`` is the setting's path, ``"decoder.n_heads"``)."""
 
 
 class SidCollisionWarning(UserWarning):

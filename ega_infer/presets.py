@@ -18,6 +18,7 @@ from .model.config import (
     EncoderConfig,
     ModelConfig,
     RewardConfig,
+    _show,
 )
 
 __all__ = ["Preset", "PRESETS", "get_preset"]
@@ -29,12 +30,29 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 @dataclass(frozen=True, slots=True)
 class Preset:
     """A model config, its default decoding, and where its shipped weights are (if any);
-    without weights the model starts from random weights seeded by ``seed``."""
+    without weights the model starts from random weights seeded by ``seed`` (an integer in
+    ``[0, 2**64)``). ``weights`` is None or the name of a directory of ``ega_infer/weights``."""
 
     model: ModelConfig
     decode: DecodeConfig
     seed: int = 0
     weights: str | None = None
+
+    def __post_init__(self) -> None:
+        from .exceptions import ConfigError
+
+        def bad(name: str, value: object, expected: str) -> ConfigError:
+            return ConfigError(name, f"is {_show(value)} (a {type(value).__name__})", expected)
+
+        if not isinstance(self.model, ModelConfig):
+            raise bad("model", self.model, "a ModelConfig")
+        if not isinstance(self.decode, DecodeConfig):
+            raise bad("decode", self.decode, "a DecodeConfig")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**64:
+            raise bad("seed", self.seed, "an integer in [0, 2**64)")
+        w = self.weights
+        if w is not None and (not isinstance(w, str) or not w or w in (".", "..") or "/" in w or "\\" in w):
+            raise bad("weights", w, "None or the name of a directory of ega_infer/weights")
 
     @property
     def weights_dir(self) -> Path | None:
@@ -85,8 +103,9 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
+    """The preset called ``name``; raises ConfigError (field ``preset``) for any other value."""
     from .exceptions import ConfigError
 
-    if name not in PRESETS:
-        raise ConfigError("preset", f"{name!r} is not a preset", f"one of {sorted(PRESETS)}")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError("preset", f"{_show(name)} is not a preset", f"one of {sorted(PRESETS)}")
     return PRESETS[name]
