@@ -62,7 +62,7 @@ demo: install
 	$(PY) -m ega_infer demo
 
 bench: install
-	@# Triton compiled, never interpreted. The end-to-end run (the 2-core goal: 2 threads) saves its JSON + PNG
+	@# Triton compiled, never interpreted. The end-to-end run saves its JSON + PNG (its CPU result counts)
 	TRITON_INTERPRET=0 $(PY) bench/bench_catalog_build.py $(BENCH_OPTS)
 	TRITON_INTERPRET=0 $(PY) bench/bench_device_trie.py $(BENCH_OPTS)
 	TRITON_INTERPRET=0 $(PY) bench/bench_beam_step.py $(BENCH_OPTS)
@@ -71,7 +71,7 @@ bench: install
 	TRITON_INTERPRET=0 $(PY) bench/bench_hf_beam_search.py $(BENCH_OPTS)
 	TRITON_INTERPRET=0 $(PY) bench/bench_launches.py $(BENCH_OPTS)
 	TRITON_INTERPRET=0 $(PY) bench/profile_engine.py $(BENCH_OPTS)
-	TRITON_INTERPRET=0 $(PY) bench/bench_engine.py --threads 2 --save $(BENCH_OPTS)
+	TRITON_INTERPRET=0 $(PY) bench/bench_engine.py --save $(BENCH_OPTS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .benchmarks
