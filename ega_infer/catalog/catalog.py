@@ -15,25 +15,57 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..exceptions import CatalogError, CheckpointError
+from ..exceptions import CatalogError, CatalogFileError, CheckpointError, EgaInferError
 from .trie import DeviceTrie, TrieArrays
 
-__all__ = ["Catalog", "Item", "Creative"]
+__all__ = ["Catalog", "Item", "Creative", "MAX_LEVELS", "MAX_CODEBOOK_SIZE", "MAX_ITEMS"]
+
+MAX_LEVELS = 8  # code levels of a semantic ID: what the C++ trie build compiles in
+MAX_CODEBOOK_SIZE = 2**31 - 1  # codes are int32; the trie build's memory is O(N*C + 2**16) per level
+MAX_ITEMS = 2**31 - 1  # the trie numbers its rows in int32
 
 
 @dataclass(frozen=True, slots=True)
 class Creative:
+    """One creative of an item: its id (an int64) and its codes, 1 to ``MAX_LEVELS`` integers
+    in ``[0, MAX_CODEBOOK_SIZE)`` (a list or an array is stored as a tuple of ints). Raises
+    ``CatalogError`` naming the field (``"codes[1]"``) on anything else."""
+
     creative_id: int
     codes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "creative_id", _scalar_id("creative_id", self.creative_id))
+        object.__setattr__(self, "codes", _code_tuple("codes", self.codes))
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
+    """One catalog item. ``item_id``: an int64; ``poi_codes``: 1 to ``MAX_LEVELS`` integer codes
+    (stored as a tuple of ints); ``is_ad``: a bool (or 0/1); ``bid``: a real number, finite,
+    ``>= 0`` and within float32's range (the catalog stores an organic item's bid as 0);
+    ``creatives``: a tuple (or list) of ``Creative``. Raises ``CatalogError`` naming the field."""
+
     item_id: int
     poi_codes: tuple[int, ...]
     is_ad: bool = False
     bid: float = 0.0
     creatives: tuple[Creative, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "item_id", _scalar_id("item_id", self.item_id))
+        object.__setattr__(self, "poi_codes", _code_tuple("poi_codes", self.poi_codes))
+        if not _is_flag(self.is_ad):
+            raise CatalogError("is_ad", f"is {_show(self.is_ad)} (a {type(self.is_ad).__name__})", "a boolean (True/False, or 0/1)")
+        object.__setattr__(self, "is_ad", bool(self.is_ad))
+        object.__setattr__(self, "bid", _scalar_bid("bid", self.bid))
+        creatives = self.creatives
+        if not isinstance(creatives, (list, tuple)):
+            raise CatalogError("creatives", f"is {_show(creatives)} (a {type(creatives).__name__})", "a tuple of Creative")
+        for j, creative in enumerate(creatives):
+            if not isinstance(creative, Creative):
+                raise CatalogError(f"creatives[{j}]", f"is {_show(creative)} (a {type(creative).__name__})", "a Creative")
+        object.__setattr__(self, "creatives", tuple(creatives))
 
 
 class Catalog:
@@ -96,32 +128,50 @@ class Catalog:
         creative_ids: Sequence[int] | np.ndarray | None = None,
         creative_codes: Sequence[Sequence[int]] | np.ndarray | None = None,
     ) -> Catalog:
+        """Validate the arrays and build the catalog and its trie.
+
+        item_ids [N] unique integers (int64); poi_codes [N, C] integers, ``[i, l]`` in
+        ``[0, codebook_sizes[l])``; is_ad [N] booleans (or 0/1 integers); bids [N] real
+        numbers, finite, ``>= 0`` and at most float32's max (stored as float32; 0 for organic
+        items); codebook_sizes / creative_codebook_sizes: 1 to ``MAX_LEVELS`` (8) integers in
+        ``[1, MAX_CODEBOOK_SIZE]`` (``2**31 - 1``: codes are int32, and the trie build needs
+        ``O(N*C)`` memory plus at most ``2**16 + 2**15`` counters per level, whatever the size).
+        Creatives (all three or none; none is a catalog without creatives): creative_ids [M]
+        unique integers, creative_item_ids [M] ids of catalog items (an item may own none),
+        creative_codes [M, Cc] in ``[0, creative_codebook_sizes[l])``. N is at most
+        ``MAX_ITEMS``. Lists and numpy arrays are accepted; bools, floats and strings where
+        integers are expected, strings or bools as bids, ragged nesting and None are not.
+
+        Raises
+        ------
+        CatalogError naming the field or entry (``"bids[3]"``, ``"creative_codes[2, 1]"``) and
+        what was expected.
+        """
         sizes = _sizes("codebook_sizes", codebook_sizes)
         creative_sizes = _sizes("creative_codebook_sizes", creative_codebook_sizes)
-        item_ids = _int_array("item_ids", item_ids, 1)
+        item_ids = _int_array("item_ids", item_ids)
         n = len(item_ids)
+        if n > MAX_ITEMS:
+            raise CatalogError("item_ids", f"has {n} entries", f"at most {MAX_ITEMS} items")
         poi_codes = _codes("poi_codes", poi_codes, n, sizes)
-        is_ad = np.asarray(is_ad)
-        if n == 0 and is_ad.size == 0:
-            is_ad = np.zeros(0, np.bool_)
-        if is_ad.shape != (n,) or is_ad.dtype not in (np.bool_, np.int64, np.int32, np.int8, np.uint8):
-            raise CatalogError("is_ad", f"has shape {is_ad.shape} and dtype {is_ad.dtype}", f"{n} booleans (one per item)")
-        is_ad = is_ad.astype(np.bool_)
+        is_ad = _flags("is_ad", is_ad, n)
         bids = _bids(bids, n)
         bids = np.where(is_ad, bids, 0).astype(np.float32)
         id_order, sorted_ids = _unique("item_ids", item_ids)
 
-        if creative_ids is None:
-            if creative_item_ids is not None or creative_codes is not None:
-                raise CatalogError("creative_ids", "is missing while creative_item_ids/creative_codes are given")
+        given = {"creative_item_ids": creative_item_ids, "creative_ids": creative_ids, "creative_codes": creative_codes}
+        if any(v is not None for v in given.values()):
+            missing = [k for k, v in given.items() if v is None]
+            if missing:
+                others = ", ".join(k for k in given if k not in missing)
+                raise CatalogError(missing[0], f"is missing while {others} {'is' if len(missing) == 2 else 'are'} given", "creative_item_ids, creative_ids and creative_codes together, or none of them")
+        else:
             creative_item_ids = np.zeros(0, np.int64)
             creative_ids = np.zeros(0, np.int64)
             creative_codes = np.zeros((0, len(creative_sizes)), np.int32)
-        creative_ids = _int_array("creative_ids", creative_ids, 1)
+        creative_ids = _int_array("creative_ids", creative_ids)
         m = len(creative_ids)
-        if creative_item_ids is None:
-            raise CatalogError("creative_item_ids", "is missing", f"{m} item ids (one per creative)")
-        creative_item_ids = _int_array("creative_item_ids", creative_item_ids, 1)
+        creative_item_ids = _int_array("creative_item_ids", creative_item_ids)
         if len(creative_item_ids) != m:
             raise CatalogError("creative_item_ids", f"has {len(creative_item_ids)} entries", f"{m} (one per creative)")
         creative_codes = _codes("creative_codes", creative_codes, m, creative_sizes)
@@ -138,7 +188,10 @@ class Catalog:
         creative_ptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(owner, minlength=n), out=creative_ptr[1:])
 
-        trie = TrieArrays.build(poi_codes, is_ad, bids, sizes)
+        try:
+            trie = TrieArrays.build(poi_codes, is_ad, bids, sizes)
+        except ValueError as exc:  # unreachable: the arrays were checked above, as _C checks them
+            raise CatalogError("poi_codes", f"the trie build refused the catalog ({exc})") from None
         return cls(
             item_ids=item_ids, poi_codes=poi_codes, is_ad=is_ad, bids=bids,
             creative_ptr=creative_ptr, creative_ids=creative_ids[order],
@@ -154,24 +207,32 @@ class Catalog:
         codebook_sizes: Sequence[int],
         creative_codebook_sizes: Sequence[int],
     ) -> Catalog:
-        levels = len(codebook_sizes)
+        """The catalog of ``items`` (a list or tuple of ``Item``, in row order), by the rules of
+        ``from_arrays``. Raises CatalogError naming the item (``"items[3]"``) or the entry."""
+        sizes = _sizes("codebook_sizes", codebook_sizes)
+        creative_sizes = _sizes("creative_codebook_sizes", creative_codebook_sizes)
+        if not isinstance(items, (list, tuple)):
+            raise CatalogError("items", f"is {_show(items)} (a {type(items).__name__})", "a list of Item")
+        levels = len(sizes)
         for i, item in enumerate(items):
+            if not isinstance(item, Item):
+                raise CatalogError(f"items[{i}]", f"is {_show(item)} (a {type(item).__name__})", "an Item")
             if len(item.poi_codes) != levels:
                 raise CatalogError(f"items[{i}].poi_codes", f"has {len(item.poi_codes)} levels", f"{levels}")
         creatives = [(item.item_id, c.creative_id, tuple(c.codes)) for item in items for c in item.creatives]
         for j, (_, _, codes) in enumerate(creatives):
-            if len(codes) != len(creative_codebook_sizes):
-                raise CatalogError(f"creatives[{j}].codes", f"has {len(codes)} levels", f"{len(creative_codebook_sizes)}")
+            if len(codes) != len(creative_sizes):
+                raise CatalogError(f"creatives[{j}].codes", f"has {len(codes)} levels", f"{len(creative_sizes)}")
         return cls.from_arrays(
             [item.item_id for item in items],
             np.array([item.poi_codes for item in items], dtype=np.int64).reshape(len(items), levels),
             [item.is_ad for item in items],
             [item.bid for item in items],
-            codebook_sizes=codebook_sizes,
-            creative_codebook_sizes=creative_codebook_sizes,
-            creative_item_ids=[c[0] for c in creatives],
-            creative_ids=[c[1] for c in creatives],
-            creative_codes=np.array([c[2] for c in creatives], dtype=np.int64).reshape(len(creatives), len(creative_codebook_sizes)),
+            codebook_sizes=sizes,
+            creative_codebook_sizes=creative_sizes,
+            creative_item_ids=np.array([c[0] for c in creatives], dtype=np.int64),
+            creative_ids=np.array([c[1] for c in creatives], dtype=np.int64),
+            creative_codes=np.array([c[2] for c in creatives], dtype=np.int64).reshape(len(creatives), len(creative_sizes)),
         )
 
     # -- queries -----------------------------------------------------------------------------
@@ -187,10 +248,14 @@ class Catalog:
         return int(self.is_ad.sum())
 
     def index_of(self, item_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Row index of each id, -1 for ids not in the catalog."""
-        return _lookup(self.item_ids, np.asarray(item_ids, dtype=np.int64), self._id_order, self._sorted_ids)
+        """Row index of each id (a 1-D list or array of integers), -1 for ids not in the
+        catalog. Raises CatalogError (field ``item_ids``) on anything else."""
+        return _lookup(self.item_ids, _int_array("item_ids", item_ids), self._id_order, self._sorted_ids)
 
     def item(self, index: int) -> Item:
+        """The item of row ``index`` (an integer in ``[0, len(self))``)."""
+        if not _is_int(index) or not 0 <= index < len(self):
+            raise CatalogError("index", f"is {_show(index)}", f"a row in [0, {len(self)})")
         lo, hi = self.creative_ptr[index], self.creative_ptr[index + 1]
         return Item(
             int(self.item_ids[index]), tuple(int(c) for c in self.poi_codes[index]), bool(self.is_ad[index]),
@@ -211,10 +276,14 @@ class Catalog:
     # -- updates (each returns a new catalog) -----------------------------------------------
     def with_bids(self, item_ids: Sequence[int] | np.ndarray, bids: Sequence[float] | np.ndarray) -> Catalog:
         """New catalog with the bids of ``item_ids`` replaced. The trie structure and the id
-        index are shared; only the leaves of those items and their paths are redone."""
-        item_ids = _int_array("item_ids", item_ids, 1)
+        index are shared; only the leaves of those items and their paths are redone.
+
+        ``item_ids``: distinct ids of catalog items; ``bids``: one per id, by the rules of
+        ``from_arrays`` (an organic item only takes 0). Raises CatalogError naming the entry."""
+        item_ids = _int_array("item_ids", item_ids)
         new = _bids(bids, len(item_ids))
-        rows = self.index_of(item_ids)
+        _unique("item_ids", item_ids)  # one new bid per item: a repeat would be ambiguous
+        rows = _lookup(self.item_ids, item_ids, self._id_order, self._sorted_ids)
         _known("item_ids", item_ids, rows)
         organic = np.flatnonzero(~self.is_ad[rows] & (new > 0))
         if len(organic):
@@ -227,9 +296,12 @@ class Catalog:
 
     def without_items(self, item_ids: Sequence[int] | np.ndarray) -> Catalog:
         """New catalog without ``item_ids`` (and their creatives). Linear time, no sort: the
-        trie is pruned instead of rebuilt and the id index filtered instead of re-sorted."""
-        item_ids = _int_array("item_ids", item_ids, 1)
-        rows = self.index_of(item_ids)
+        trie is pruned instead of rebuilt and the id index filtered instead of re-sorted.
+
+        ``item_ids``: ids of catalog items (a repeat removes the item once; removing every item
+        gives an empty catalog). Raises CatalogError naming an unknown id."""
+        item_ids = _int_array("item_ids", item_ids)
+        rows = _lookup(self.item_ids, item_ids, self._id_order, self._sorted_ids)
         _known("item_ids", item_ids, rows)
         keep = np.ones(len(self), dtype=bool)
         keep[rows] = False
@@ -266,8 +338,11 @@ class Catalog:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the catalog as one safetensors file (the trie is rebuilt on load)."""
+        """Write the catalog as one safetensors file (the trie is rebuilt on load). Raises
+        CheckpointError when the file cannot be written."""
         from safetensors.numpy import save_file
+
+        path = _file_path(path, "the catalog file to write")
 
         tensors = {
             "item_ids": self.item_ids, "poi_codes": self.poi_codes, "is_ad": self.is_ad.astype(np.uint8),
@@ -277,31 +352,45 @@ class Catalog:
         meta = {
             "codebook_sizes": json.dumps(list(self.codebook_sizes)),
             "creative_codebook_sizes": json.dumps(list(self.creative_codebook_sizes)),
-            "format": "ega_infer.catalog/1",
+            "format": FILE_FORMAT,
         }
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=meta)
+        try:
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=meta)
+        except Exception as exc:  # noqa: BLE001 - a directory, no permission, a full disk
+            raise CheckpointError(f"{path}: cannot write the catalog ({exc})") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Catalog:
-        from safetensors import SafetensorError, safe_open
+        """The catalog ``save`` wrote to ``path``.
 
-        path = Path(path)
-        if not path.is_file():
+        The file must hold exactly the tensors ``save`` writes (item_ids int64 [N], poi_codes
+        int32 [N, C], is_ad uint8 [N] of 0/1, bids float32 [N], creative_item_ids int64 [M],
+        creative_ids int64 [M], creative_codes int32 [M, Cc]) and the metadata ``format``
+        (``"ega_infer.catalog/1"``), ``codebook_sizes`` and ``creative_codebook_sizes`` (JSON
+        lists of integers); its content follows the rules of ``from_arrays``.
+
+        Raises
+        ------
+        CheckpointError: the file is missing, a directory or not safetensors.
+        CatalogFileError (a CheckpointError and a CatalogError): a tensor or metadata key is
+        missing, extra or malformed, or the content is not a valid catalog; ``field`` names
+        the tensor, key or entry (``"bids[3]"``).
+        """
+        path = _file_path(path, "a catalog file")
+        if not path.exists():
             raise CheckpointError(f"{path}: no such catalog file")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: is a directory or a special file, not a catalog file")
+        arrays, (sizes, creative_sizes) = _read_catalog_file(path)
         try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                arrays = {k: f.get_tensor(k) for k in f.keys()}
-            sizes = json.loads(meta["codebook_sizes"])
-            creative_sizes = json.loads(meta["creative_codebook_sizes"])
-        except (OSError, KeyError, ValueError, SafetensorError) as exc:
-            raise CheckpointError(f"{path}: not a catalog saved by Catalog.save ({exc})") from exc
-        return cls.from_arrays(
-            arrays["item_ids"], arrays["poi_codes"], arrays["is_ad"].astype(bool), arrays["bids"],
-            codebook_sizes=sizes, creative_codebook_sizes=creative_sizes,
-            creative_item_ids=arrays["creative_item_ids"], creative_ids=arrays["creative_ids"],
-            creative_codes=arrays["creative_codes"],
-        )
+            return cls.from_arrays(
+                arrays["item_ids"], arrays["poi_codes"], arrays["is_ad"], arrays["bids"],
+                codebook_sizes=sizes, creative_codebook_sizes=creative_sizes,
+                creative_item_ids=arrays["creative_item_ids"], creative_ids=arrays["creative_ids"],
+                creative_codes=arrays["creative_codes"],
+            )
+        except CatalogError as exc:
+            raise CatalogFileError(exc.field, f"{exc.problem} (in {path})", exc.expected) from None
 
     def __repr__(self) -> str:
         return (
@@ -324,29 +413,174 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _sizes(name: str, sizes: Sequence[int]) -> tuple[int, ...]:
-    sizes = tuple(int(s) for s in sizes)
-    if not sizes or any(s < 1 for s in sizes):
-        raise CatalogError(name, f"is {sizes}", "a non-empty list of positive codebook sizes")
-    return sizes
+def _show(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters; safe on any input (a huge int included)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _int_array(name: str, values, ndim: int) -> np.ndarray:
-    a = np.asarray(values)
-    if a.size == 0:
-        return np.zeros((0,) * ndim, np.int64)
-    if a.ndim != ndim or not np.issubdtype(a.dtype, np.integer):
-        raise CatalogError(name, f"has shape {a.shape} and dtype {a.dtype}", f"a {ndim}-D array of integers")
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_int64(v: object) -> bool:
+    return _is_int(v) and -(2**63) <= v < 2**63
+
+
+def _is_real(v: object) -> bool:
+    return _is_int(v) or isinstance(v, (float, np.floating))
+
+
+def _is_float64(v: object) -> bool:
+    return _is_real(v) and not (isinstance(v, int) and abs(v) >= 2**1024)
+
+
+def _is_flag(v: object) -> bool:
+    return isinstance(v, (bool, np.bool_)) or (_is_int(v) and v in (0, 1))
+
+
+def _first_bad(values: object, ok, depth: int) -> tuple[str, str] | None:
+    """Where a list/tuple input (``depth`` 1: flat, 2: rows) first holds an entry ``ok`` refuses
+    or a row of another length: ``("[i]" or "[i, j]", what is there)``. Only runs on the error
+    path, to name the entry numpy would not say."""
+    if not isinstance(values, (list, tuple)):
+        return None
+    width = None
+    for i, v in enumerate(values):
+        if depth == 1:
+            if not ok(v):
+                return f"[{i}]", f"is {_show(v)} (a {type(v).__name__})"
+            continue
+        if not isinstance(v, (list, tuple, np.ndarray)) or (isinstance(v, np.ndarray) and v.ndim != 1):
+            return f"[{i}]", f"is {_show(v)} (a {type(v).__name__}), not a row"
+        if width is None:
+            width = len(v)
+        elif len(v) != width:
+            return f"[{i}]", f"has {len(v)} entries where row 0 has {width} (a ragged nesting)"
+        for j, x in enumerate(v):
+            if not ok(x):
+                return f"[{i}, {j}]", f"is {_show(x)} (a {type(x).__name__})"
+    return None
+
+
+def _int_type(t: type) -> bool:
+    return issubclass(t, (int, np.integer)) and not issubclass(t, (bool, np.bool_))
+
+
+def _flag_type(t: type) -> bool:
+    return issubclass(t, (int, np.integer, np.bool_))
+
+
+def _real_type(t: type) -> bool:
+    return issubclass(t, (int, float, np.integer, np.floating)) and not issubclass(t, (bool, np.bool_))
+
+
+# dtype kinds accepted -> (accepted element type, accepted element value) of list inputs
+_ELEMENTS = {"iu": (_int_type, _is_int64), "biu": (_flag_type, _is_flag), "iuf": (_real_type, _is_float64)}
+
+
+def _element_types(values: list | tuple, depth: int) -> set[type]:
+    """The types of a list input's entries (of its rows' entries for ``depth`` 2), at C speed
+    for plain lists: numpy would turn a bool among integers or floats into a number."""
+    if depth == 1:
+        return set(map(type, values))
+    types: set[type] = set()
+    for row in values:
+        if isinstance(row, np.ndarray):
+            types.add(row.dtype.type)
+        elif isinstance(row, (list, tuple)):
+            types.update(map(type, row))
+        else:
+            types.add(type(row))
+    return types
+
+
+def _array(name: str, values: object, depth: int, expected: str, kinds: str) -> np.ndarray:
+    """``np.asarray(values)``, refusing what is not an array of dtype kind in ``kinds`` with a
+    CatalogError naming the field (or its first bad entry) instead of numpy's own errors. A list
+    input may hold only entries of those kinds (no bool among numbers, no string, no None).
+    Empty arrays of a numeric dtype are let through, whatever their kind (``[]`` is float64)."""
+    type_ok, value_ok = _ELEMENTS[kinds]
+    if values is None or isinstance(values, (str, bytes, dict, set, frozenset)):
+        raise CatalogError(name, f"is {_show(values)} (a {type(values).__name__})", expected)
+    if isinstance(values, (list, tuple)) and not all(map(type_ok, _element_types(values, depth))):
+        bad = _first_bad(values, value_ok, depth)
+        if bad is not None:
+            raise CatalogError(name + bad[0], bad[1], expected)
+    try:
+        a = np.asarray(values)
+    except Exception as exc:  # noqa: BLE001 - ragged nesting, odd objects, tensors on a device
+        bad = _first_bad(values, value_ok, depth)
+        if bad is not None:
+            raise CatalogError(name + bad[0], bad[1], expected) from None
+        raise CatalogError(name, f"is not a rectangular array ({type(exc).__name__}: {_show(str(exc), 120)})", expected) from None
+    if a.dtype.kind == "O" and kinds == "iuf" and isinstance(values, (list, tuple)):
+        try:  # Python ints past int64 among the numbers: numbers still, if float64 holds them
+            a = np.asarray(values, dtype=np.float64)
+        except (OverflowError, ValueError, TypeError):
+            pass
+    if a.dtype.kind not in kinds and not (a.size == 0 and a.dtype.kind in "biuf"):
+        bad = _first_bad(values, value_ok, depth)
+        if bad is not None:
+            raise CatalogError(name + bad[0], bad[1], expected)
+        raise CatalogError(name, f"has shape {a.shape} and dtype {a.dtype}", expected)
+    return a
+
+
+def _fit_int64(name: str, a: np.ndarray) -> np.ndarray:
+    """``a`` (integers) as int64; an unsigned value above int64's range is refused, not wrapped."""
+    if a.dtype.kind == "u" and a.dtype.itemsize == 8 and a.size and a.max() > np.iinfo(np.int64).max:
+        at = np.unravel_index(int(np.argmax(a > np.iinfo(np.int64).max)), a.shape)
+        raise CatalogError(f"{name}[{', '.join(str(int(k)) for k in at)}]", f"= {a[at]} is out of range", "an integer that fits int64")
     return a.astype(np.int64)
 
 
+def _sizes(name: str, sizes: object) -> tuple[int, ...]:
+    """Codebook sizes: 1 to ``MAX_LEVELS`` integers in ``[1, MAX_CODEBOOK_SIZE]``."""
+    expected = f"a list of 1 to {MAX_LEVELS} codebook sizes, each an integer in [1, {MAX_CODEBOOK_SIZE}]"
+    if isinstance(sizes, np.ndarray):
+        if sizes.ndim != 1:
+            raise CatalogError(name, f"has shape {sizes.shape}", expected)
+        sizes = sizes.tolist()
+    elif isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise CatalogError(name, f"is {_show(sizes)} (a {type(sizes).__name__})", expected)
+    if not 1 <= len(sizes) <= MAX_LEVELS:
+        raise CatalogError(name, f"has {len(sizes)} levels", expected)
+    for level, size in enumerate(sizes):
+        if not _is_int(size):
+            raise CatalogError(f"{name}[{level}]", f"is {_show(size)} (a {type(size).__name__})", f"an integer in [1, {MAX_CODEBOOK_SIZE}]")
+        if not 1 <= size <= MAX_CODEBOOK_SIZE:
+            raise CatalogError(f"{name}[{level}]", f"= {_show(int(size))} is out of range", f"a codebook size in [1, {MAX_CODEBOOK_SIZE}]")
+    return tuple(int(s) for s in sizes)
+
+
+def _int_array(name: str, values) -> np.ndarray:
+    """A 1-D array of integers (ids) as int64: no bools, floats, strings, or values past int64."""
+    expected = "a 1-D array of integers"
+    a = _array(name, values, 1, expected, "iu")
+    if a.ndim != 1:
+        raise CatalogError(name, f"has shape {a.shape} and dtype {a.dtype}", expected)
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    return _fit_int64(name, a)
+
+
 def _codes(name: str, values, n: int, sizes: tuple[int, ...]) -> np.ndarray:
+    """Codes of ``n`` rows, one per level, ``[i, l]`` in ``[0, sizes[l])``, as int32."""
     levels = len(sizes)
-    a = np.asarray(values)
-    if a.size == 0 and n == 0:
+    expected = f"integers of shape ({n}, {levels})"
+    if values is None:
+        raise CatalogError(name, "is missing", expected)
+    a = _array(name, values, 2, expected, "iu")
+    if a.size == 0 and n == 0 and a.shape in ((0,), (0, levels)):
         return np.zeros((0, levels), np.int32)
-    if a.ndim != 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.integer):
-        raise CatalogError(name, f"has shape {a.shape} and dtype {a.dtype}", f"integers of shape ({n}, {levels})")
+    if a.ndim != 2 or a.shape[0] != n or a.dtype.kind not in "iu":
+        raise CatalogError(name, f"has shape {a.shape} and dtype {a.dtype}", expected)
     if a.shape[1] != levels:
         raise CatalogError(name, f"has {a.shape[1]} levels per row", f"{levels} (one code per codebook level)")
     bad = (a < 0) | (a >= np.asarray(sizes))
@@ -359,14 +593,59 @@ def _codes(name: str, values, n: int, sizes: tuple[int, ...]) -> np.ndarray:
     return a.astype(np.int32)
 
 
-def _bids(values, n: int) -> np.ndarray:
-    a = np.asarray(values, dtype=np.float64).reshape(-1) if np.size(values) == 0 else np.asarray(values, dtype=np.float64)
+def _flags(name: str, values, n: int) -> np.ndarray:
+    """``n`` ad flags: booleans, or integers that are all 0 or 1 (no 2, no floats, no strings)."""
+    expected = f"{n} booleans (one per item)"
+    a = _array(name, values, 1, expected, "biu")
+    if n == 0 and a.size == 0 and a.ndim == 1:
+        return np.zeros(0, np.bool_)
+    if a.shape != (n,) or a.dtype.kind not in "biu":
+        raise CatalogError(name, f"has shape {a.shape} and dtype {a.dtype}", expected)
+    if a.dtype.kind != "b":
+        bad = np.flatnonzero((a != 0) & (a != 1))
+        if len(bad):
+            raise CatalogError(f"{name}[{bad[0]}]", f"= {a[bad[0]]}", "a boolean (True/False, or 0/1)")
+    return a.astype(np.bool_)
+
+
+def _bids(values, n: int, name: str = "bids") -> np.ndarray:
+    """``n`` bids as float32: real numbers (ints or floats; no bools, strings or None), finite,
+    ``>= 0`` and within float32's range (``<= 3.4028235e38``: a larger float64 would become inf)."""
+    a = _array(name, values, 1, f"({n},) (one bid per item), real numbers", "iuf")
+    if a.size == 0:
+        a = a.reshape(-1)
     if a.shape != (n,):
-        raise CatalogError("bids", f"has shape {a.shape}", f"({n},) (one bid per item)")
-    bad = np.flatnonzero(~np.isfinite(a) | (a < 0))
-    if len(bad):
-        raise CatalogError(f"bids[{bad[0]}]", f"= {a[bad[0]]}", "a finite number >= 0")
-    return a.astype(np.float32)
+        raise CatalogError(name, f"has shape {a.shape}", f"({n},) (one bid per item)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = a.astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(wide) | (wide < 0))
+        if len(bad):
+            raise CatalogError(f"{name}[{bad[0]}]", f"= {wide[bad[0]]}", "a finite number >= 0")
+        narrow = wide.astype(np.float32)
+    over = np.flatnonzero(np.isinf(narrow))
+    if len(over):
+        raise CatalogError(
+            f"{name}[{over[0]}]", f"= {wide[over[0]]} is above float32's max {np.finfo(np.float32).max}",
+            "a finite number >= 0 that float32 holds",
+        )
+    return narrow
+
+
+def _scalar_bid(name: str, value: object) -> float:
+    """One bid, by the rules of ``_bids``."""
+    if not _is_real(value):
+        raise CatalogError(name, f"is {_show(value)} (a {type(value).__name__})", "a finite number >= 0")
+    try:
+        wide = float(value)
+    except OverflowError:  # an int past float64's range
+        raise CatalogError(name, f"= {_show(value)}", "a finite number >= 0") from None
+    if not np.isfinite(wide) or wide < 0:
+        raise CatalogError(name, f"= {wide}", "a finite number >= 0")
+    with np.errstate(over="ignore"):
+        narrow = np.float32(wide)
+    if np.isinf(narrow):
+        raise CatalogError(name, f"= {wide} is above float32's max {np.finfo(np.float32).max}", "a finite number >= 0 that float32 holds")
+    return wide
 
 
 def _unique(name: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -399,3 +678,112 @@ def _known(name: str, ids: np.ndarray, rows: np.ndarray) -> None:
     if len(unknown):
         j = unknown[0]
         raise CatalogError(f"{name}[{j}]", f"= {ids[j]} is not in the catalog", "ids of catalog items")
+
+
+def _scalar_id(name: str, value: object) -> int:
+    if not _is_int(value) or not np.iinfo(np.int64).min <= value <= np.iinfo(np.int64).max:
+        raise CatalogError(name, f"is {_show(value)} (a {type(value).__name__})", "an integer that fits int64")
+    return int(value)
+
+
+def _code_tuple(name: str, codes: object) -> tuple[int, ...]:
+    """An Item's or Creative's codes: 1 to ``MAX_LEVELS`` integers in ``[0, MAX_CODEBOOK_SIZE)``
+    (the catalog checks them against its codebook sizes)."""
+    expected = f"a tuple of 1 to {MAX_LEVELS} integer codes in [0, {MAX_CODEBOOK_SIZE})"
+    if isinstance(codes, np.ndarray):
+        if codes.ndim != 1:
+            raise CatalogError(name, f"has shape {codes.shape}", expected)
+        codes = codes.tolist()
+    elif not isinstance(codes, (list, tuple)):
+        raise CatalogError(name, f"is {_show(codes)} (a {type(codes).__name__})", expected)
+    if not 1 <= len(codes) <= MAX_LEVELS:
+        raise CatalogError(name, f"has {len(codes)} codes", expected)
+    for level, code in enumerate(codes):
+        if not _is_int(code):
+            raise CatalogError(f"{name}[{level}]", f"is {_show(code)} (a {type(code).__name__})", "an integer code")
+        if not 0 <= code < MAX_CODEBOOK_SIZE:
+            raise CatalogError(f"{name}[{level}]", f"= {_show(int(code))} is out of range", f"a code in [0, {MAX_CODEBOOK_SIZE})")
+    return tuple(int(c) for c in codes)
+
+
+# -- the catalog file (Catalog.save / Catalog.load) --------------------------------------------
+FILE_FORMAT = "ega_infer.catalog/1"
+# tensor -> (accepted dtypes, ndim); is_ad is saved as uint8 (0/1)
+_FILE_TENSORS: dict[str, tuple[tuple[str, ...], int]] = {
+    "item_ids": (("int64",), 1),
+    "poi_codes": (("int32",), 2),
+    "is_ad": (("uint8", "bool"), 1),
+    "bids": (("float32",), 1),
+    "creative_item_ids": (("int64",), 1),
+    "creative_ids": (("int64",), 1),
+    "creative_codes": (("int32",), 2),
+}
+_FILE_SIZES = ("codebook_sizes", "creative_codebook_sizes")
+
+
+def _file_path(path: object, what: str) -> Path:
+    import os
+
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise CatalogFileError("path", f"is {_show(path)} (a {type(path).__name__})", f"the path of {what} (a str or os.PathLike)")
+    try:
+        return Path(path)
+    except TypeError as exc:  # an os.PathLike whose __fspath__ returns bytes or nonsense
+        raise CatalogFileError("path", f"is {_show(path)} ({exc})", f"the path of {what}") from None
+
+
+def _not_catalog(path: Path, field: str, problem: str, expected: str | None = None) -> CatalogFileError:
+    return CatalogFileError(field, f"{problem} in {path} (not a catalog saved by Catalog.save)", expected)
+
+
+def _read_catalog_file(path: Path) -> tuple[dict[str, np.ndarray], list[object]]:
+    """The tensors and the two codebook-size lists of a catalog file, every name, dtype and
+    shape checked before any tensor is read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            names = set(f.keys())
+            missing = [k for k in _FILE_TENSORS if k not in names]
+            if missing:
+                raise _not_catalog(path, missing[0], "tensor is missing", f"the tensors {sorted(_FILE_TENSORS)}")
+            extra = sorted(names - set(_FILE_TENSORS))
+            if extra:
+                raise _not_catalog(path, extra[0], "is a tensor a catalog does not have", f"only the tensors {sorted(_FILE_TENSORS)}")
+            fmt = meta.get("format")
+            if fmt != FILE_FORMAT:
+                problem = "metadata key is missing" if fmt is None else f"metadata is {_show(fmt)}"
+                raise _not_catalog(path, "format", problem, repr(FILE_FORMAT))
+            sizes = []
+            for key in _FILE_SIZES:
+                if key not in meta:
+                    raise _not_catalog(path, key, "metadata key is missing", "a JSON list of codebook sizes")
+                try:
+                    sizes.append(json.loads(meta[key]))
+                except (ValueError, RecursionError):
+                    raise _not_catalog(path, key, f"metadata is {_show(meta[key])}, not JSON", "a JSON list of codebook sizes") from None
+            arrays = {}
+            for name, (dtypes, ndim) in _FILE_TENSORS.items():
+                tensor = f.get_slice(name)
+                dtype, shape = _SAFETENSORS_DTYPES.get(tensor.get_dtype(), tensor.get_dtype()), tensor.get_shape()
+                if dtype not in dtypes or len(shape) != ndim:
+                    raise _not_catalog(
+                        path, name, f"tensor has dtype {dtype} and shape {tuple(shape)}",
+                        f"a {ndim}-D tensor of dtype {' or '.join(dtypes)}",
+                    )
+            for name in _FILE_TENSORS:
+                arrays[name] = f.get_tensor(name)
+    except EgaInferError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever safetensors says of a file it cannot read
+        raise CheckpointError(f"{path}: not a catalog saved by Catalog.save (not a readable safetensors file: {exc})") from None
+    return arrays, sizes
+
+
+# safetensors' dtype names -> numpy's
+_SAFETENSORS_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32",
+    "I32": "int32", "U64": "uint64", "I64": "int64", "F16": "float16", "BF16": "bfloat16",
+    "F32": "float32", "F64": "float64",
+}
