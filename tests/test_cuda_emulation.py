@@ -10,16 +10,22 @@ are emulated from the PTX ISA's fragment layouts (``mma.m16n8k16.row.col`` with 
 destination reads as NaN until the thread's ``cp.async.wait_group`` covers it). The kernels go
 through the same ``run_beam_step`` / ``run_decode_attention`` as the ``.cu`` launchers (argument
 checks, plan, workspace layout, which kernel runs), and the inputs through the wrappers'
-``kernel_inputs``. The emulator also stops a launch on a divergent barrier or warp operation, a
-shuffle from a lane outside the mask, an ldmatrix / cp.async outside the dynamic shared memory or
-misaligned, a write past the dynamic shared memory, the workspace or an output, and a deadlock;
-workspace, outputs and dynamic shared memory start as 0xff bytes, so nothing relies on zeroed memory.
+``kernel_inputs``. The emulator also stops a launch on a barrier not reached by the whole block
+the same number of times, a warp operation not reached by every lane of its mask in the same
+order, a shuffle from a lane outside the mask, an ldmatrix / cp.async outside the dynamic shared
+memory or misaligned, cp.async copies never waited for, a write past the dynamic shared memory,
+the workspace or an output, and a deadlock (``test_emulator_stops_kernel_bugs`` checks that it
+does). Every case runs three times: threads and blocks in order with memory the kernels must not
+rely on (dynamic shared memory, workspace, outputs) filled with 0xff (NaN), then reversed with it
+zeroed, then in a pseudo-random order with random bytes; the three results must be bit-identical
+and match the reference. Context padding (positions >= ctx_len) is NaN, since it must never be read.
 
 Cases: the shapes of the GPU tests (``tests/test_beam_step_cuda.py``, the CUDA cases of
 ``tests/test_decode_attention.py``), with the shared-memory capacities of beam_step shrunk to reach
 its fallback paths (rows scored without shared memory, streamed merges, a deep merge tree, the
 sort in global memory) on small inputs, plus token weights that would overflow in float32, and
-some cases again under reversed and random schedules, which must give bit-identical results.
+self-tests of the emulator. The stall of a missing barrier before the parent's ticket in the merge
+tree (a cross-block hazard) is one of the bugs this cannot see: see below.
 
 Not checked here, because the emulation cannot reproduce it faithfully:
   * the inline PTX text itself and the ``__CUDACC__``-only code (the ``extern __shared__``
@@ -32,7 +38,9 @@ Not checked here, because the emulation cannot reproduce it faithfully:
     cores accumulate in float32 (results within the tolerances, not bit-identical to a GPU);
   * resource limits: registers, spills, occupancy, the static shared memory size, launch bounds,
     bank conflicts and speed (only the dynamic shared memory bound of 227 KiB is checked);
-  * reads past the end of global inputs (writes to outputs and workspace are checked).
+  * reads past the end of global inputs (writes to outputs and workspace are checked), and reads
+    of a static ``__shared__`` variable before the block wrote it (those keep the previous block's
+    values; only the dynamic shared memory is refilled with garbage per block).
 """
 
 from __future__ import annotations
@@ -299,6 +307,7 @@ def test_decode_attention_matches_reference(emu, case_args, dtype) -> None:
     ((1, 2, 2, 1, 12, 2, 200, [12]), 1),  # D 200: the scalar kernel's widest accumulator
     ((2, 1, 2, 1, 130, 0, 16, [0, 100]), 2),  # no key at all for request 0
     ((1, 3, 4, 2, 300, 2, 64, [300]), 1),  # 5 key tiles: both stages refilled
+    ((1, 40, 6, 2, 100, 2, 32, [100]), 2),  # groups of 3 heads over two row blocks, split
 ], ids=lambda v: _case_id(v) if isinstance(v, tuple) else f"splits{v}")
 def test_decode_attention_split_k_row_blocks_head_dims(emu, case_args, num_splits, dtype) -> None:
     case = make_attention_case(*case_args, dtype=dtype)
@@ -384,3 +393,19 @@ def test_16bit_conversions_round_like_torch(emu, dtype) -> None:
     back = emu.from_16bit(every, dtype)
     assert torch.equal(back[finite], every.view(dtype).float()[finite])
     assert torch.isnan(back[torch.isnan(every.view(dtype))]).all()
+
+
+def test_intrinsics_give_their_documented_results(emu) -> None:
+    emu.selftest(0)
+
+
+@pytest.mark.parametrize(("which", "message"), [
+    (1, r"__syncthreads after \d+ threads of the block exited|exited while \d+ threads .* wait at __syncthreads"),
+    (2, r"divergent warp: this lane calls __ballot_sync .* while other lanes wait in __shfl_xor_sync"),
+    (3, r"exited while lanes of its warp wait|lane 7 of the mask has exited"),
+    (4, r"a write past the 64 bytes of dynamic shared memory"),
+], ids=["divergent-barrier", "divergent-warp", "exited-lane", "smem-overflow"])
+def test_emulator_stops_kernel_bugs(emu, which: int, message: str) -> None:
+    with pytest.raises(harness.EmulationError, match=message):
+        emu.selftest(which)
+

@@ -7,7 +7,9 @@
 //   * __syncthreads and the warp-synchronous intrinsics (__syncwarp, __shfl*_sync, __ballot_sync,
 //     __match_any_sync) with their real semantics: every CUDA thread is a fiber, and a fiber that
 //     reaches a barrier or a warp intrinsic waits until every thread of the block (every lane of
-//     the mask) has reached it; only then does any of them get the result;
+//     the mask) has reached it; only then does any of them get the result. Stricter than the
+//     hardware: a barrier must be reached by every thread of the block (none exited), the same
+//     number of times, and a warp operation by every lane of its mask, in the same order;
 //   * atomics (fibers never preempt each other, so a read-modify-write is atomic), __threadfence
 //     and __ldcg (memory is sequentially consistent here), __ffs, __popc, bit casts;
 //   * __nv_bfloat16 / __half as 16-bit storage with the CUDA headers' conversions (round to

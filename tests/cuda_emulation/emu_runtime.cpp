@@ -169,12 +169,9 @@ void finish_fiber(Emulator& e, Fiber& f) {
   WarpState& w = e.warps[f.linear / 32];
   if (w.arrived != 0 && (w.mask >> (f.linear % 32) & 1u) && e.error.empty())
     e.error = where(f) + " exited while lanes of its warp wait for it in a warp operation";
-  if (e.at_barrier > 0 && e.at_barrier + e.done == e.threads) {
-    // Exited threads count as arrived (as on the hardware); release the others.
-    for (int t = 0; t < e.threads; ++t)
-      if (e.fibers[t].state == State::kBarrier) make_ready(e, e.fibers[t]);
-    e.at_barrier = 0;
-  }
+  if (e.at_barrier > 0 && e.error.empty())
+    e.error = where(f) + " exited while " + std::to_string(e.at_barrier) +
+              " threads of its block wait at __syncthreads (a barrier not reached by the whole block)";
 }
 
 [[noreturn]] void fiber_entry_body() {
@@ -461,6 +458,9 @@ void fail(const std::string& what) {
 void syncthreads() {
   Emulator& e = emu();
   Fiber& f = running();
+  if (e.done > 0)
+    fail("__syncthreads after " + std::to_string(e.done) +
+         " threads of the block exited (a barrier not reached by the whole block)");
   ++f.barriers;
   ++e.stats.barriers;
   f.state = State::kBarrier;

@@ -27,7 +27,7 @@ from ega_infer.ops.decode_attention_cuda import kernel_inputs as decode_attentio
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE.parent.parent / "csrc"
-SOURCES = ("emu_runtime.cpp", "beam_step_emu.cpp", "decode_attention_emu.cpp")
+SOURCES = ("emu_runtime.cpp", "beam_step_emu.cpp", "decode_attention_emu.cpp", "emu_selftest.cpp")
 HEADERS = (HERE / "cuda_emu.h", HERE / "emu_entry.h", CSRC / "common.cuh", CSRC / "beam_step.cuh",
            CSRC / "decode_attention.cuh")
 FLAGS = ("-std=c++17", "-O2", "-fPIC", "-DEGA_INFER_EMULATE_KERNELS", "-Wall", "-Wextra",
@@ -115,6 +115,8 @@ class Emulator:
         lib.ega_emu_decode_attention.restype = i32
         lib.ega_emu_decode_attention_max_head_dim.restype = i64
         lib.ega_emu_decode_attention_mma_max_head_dim.restype = i64
+        lib.ega_emu_selftest.argtypes = [i32, ctypes.c_char_p, i64]
+        lib.ega_emu_selftest.restype = i32
         lib.ega_emu_set_schedule.argtypes = [i32, ctypes.c_uint]
         lib.ega_emu_stats.argtypes = [p]
         for name in ("float_to_bf16", "float_to_half", "bf16_to_float", "half_to_float"):
@@ -129,6 +131,11 @@ class Emulator:
         if code != 0:
             raise EmulationError(text)
         return Launched(tuple(line for line in text.splitlines() if line))
+
+    def selftest(self, which: int) -> None:
+        """Runs self-test kernel ``which`` of emu_selftest.cpp; raises what the launch raised."""
+        log = ctypes.create_string_buffer(4096)
+        self._check(self.lib.ega_emu_selftest(which, log, len(log)), log)
 
     def set_schedule(self, schedule: int, seed: int = 0) -> None:
         """0: threads and blocks in order; 1: reversed; 2: pseudo-random from ``seed``."""
