@@ -4,10 +4,15 @@ A request (user history, organic items) becomes an ad slate (ads, creatives, pos
 the organic items, per-click payments) through one lazy-autoregressive decoder with
 trie-constrained, bid-weighted beam search, a reward model and a payment network.
 
-Layout: ``catalog`` (items, trie), ``model`` (modules), ``decoding`` (beam search),
-``post`` (creatives, list selection, payments), ``engine`` (serving front end), ``ops`` and
-``kernels`` (native kernels with their PyTorch references), ``hf`` (Hugging Face Llama / Qwen3
-causal LMs served with catalog-constrained beam search).
+Layout, top down: ``engine`` (the front end: load, swap catalogs, ``generate``) over
+``request`` (validation, batching) and ``runtime`` (dynamic beam control, CUDA graphs, host-device
+transfers); ``pipeline`` (everything after the encoder) over ``decoding`` (beam search, slate
+rules), ``post`` (creatives, reward scoring, payments) and ``auction`` (the candidate lists, VCG,
+GSP, regret); ``model`` (modules), ``catalog`` (items, trie, device arrays); ``ops`` and
+``kernels`` (the kernel ops: PyTorch references, Triton, CUDA C++); ``hf`` (Hugging Face Llama /
+Qwen3 causal LMs served with catalog-constrained beam search). Tools beside the runtime:
+``testing`` (synthetic catalogs and requests), ``benchmark`` (``ega-infer bench``), ``compile``,
+``evaluation``, ``training``, ``world``.
 """
 
 from .catalog import Catalog, Creative, Item
@@ -16,13 +21,16 @@ from .engine import Engine
 from .exceptions import (
     BackendUnavailableError,
     CatalogError,
+    CatalogFileError,
     CheckpointError,
     ConfigError,
+    ConfigFileError,
     EgaInferError,
     FieldError,
     RequestError,
+    SidCollisionWarning,
 )
-from .hf import CausalLMEngine, SidLayout
+from .hf import CausalLMEngine, SidLayout, disambiguate_sids
 from .model import GenerativeAdModel, ModelConfig
 from .presets import PRESETS
 from .request import Request
@@ -33,7 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Engine", "Request", "DecodeConfig", "ListScore", "Slate", "SlotResult", "Candidate",
     "Catalog", "Item", "Creative", "GenerativeAdModel", "ModelConfig", "PRESETS",
-    "CausalLMEngine", "SidLayout",
+    "CausalLMEngine", "SidLayout", "disambiguate_sids",
     "EgaInferError", "FieldError", "CatalogError", "RequestError", "ConfigError",
-    "BackendUnavailableError", "CheckpointError", "__version__",
+    "BackendUnavailableError", "CheckpointError", "CatalogFileError", "ConfigFileError",
+    "SidCollisionWarning", "__version__",
 ]

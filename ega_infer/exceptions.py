@@ -83,3 +83,15 @@ class SidCollisionWarning(UserWarning):
     """Items of a catalog share a semantic ID: they are one trie leaf, so a beam search returns
     their ID once (``CausalLMEngine.beam_search(..., return_items=True)`` lists every item of
     it; ``ega_infer.hf.disambiguate_sids`` gives each item its own ID with an extra level)."""
+
+
+def show_value(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters for an error message; safe on any input (a
+    huge int, a hostile ``__repr__``)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

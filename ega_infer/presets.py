@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .decoding.config import DecodeConfig
+from .exceptions import show_value
 from .model.config import (
     DecoderConfig,
     EncoderConfig,
     ModelConfig,
     RewardConfig,
-    _show,
 )
 
 __all__ = ["Preset", "PRESETS", "get_preset"]
@@ -42,7 +42,7 @@ class Preset:
         from .exceptions import ConfigError
 
         def bad(name: str, value: object, expected: str) -> ConfigError:
-            return ConfigError(name, f"is {_show(value)} (a {type(value).__name__})", expected)
+            return ConfigError(name, f"is {show_value(value)} (a {type(value).__name__})", expected)
 
         if not isinstance(self.model, ModelConfig):
             raise bad("model", self.model, "a ModelConfig")
@@ -107,5 +107,5 @@ def get_preset(name: str) -> Preset:
     from .exceptions import ConfigError
 
     if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError("preset", f"{_show(name)} is not a preset", f"one of {sorted(PRESETS)}")
+        raise ConfigError("preset", f"{show_value(name)} is not a preset", f"one of {sorted(PRESETS)}")
     return PRESETS[name]

@@ -1,7 +1,10 @@
 """An ad request, and its validation into padded tensors for one batch.
 
-Each request is checked on its own: a bad one gets a ``RequestError`` naming the field, and
-the rest of its batch is served without it.
+``Request`` accepts anything (decoded JSON included); ``prepare_request`` reads each field
+on its own and turns every problem (ragged nesting, wrong types or shapes, codes out of
+range, unknown or ad organic items, a ``request_id`` that is not a str) into a
+``RequestError`` naming the field. The engine calls it inside its per-request error net, so a
+bad request gets a ``Slate`` with that error and the rest of its batch is served as if alone.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from .catalog import Catalog
 from .exceptions import RequestError
 from .model.config import ModelConfig
 from .model.encoder import History, packed_layout
-from .serving.transfer import to_device
+from .runtime.transfer import to_device
 
 __all__ = ["Request", "PreparedRequest", "prepare_request", "collate"]
 
 
 @dataclass(frozen=True)
 class Request:
-    """One ad request.
+    """One ad request (fields are checked when it is served, not here).
 
     history_poi_codes : [S, C] POI codes of the user's past behaviours, oldest first (S may
         be 0). Only the most recent ``encoder.max_history`` behaviours are used.
@@ -31,7 +34,8 @@ class Request:
         means unknown.
     history_actions, history_time_buckets : [S] action type and time bucket ids (None = 0).
     organic_items : catalog ids of the page's organic items, pre-ranked; lists mode keeps
-        their order. Ignored in candidates mode.
+        their order (only the first ``num_slots`` can be placed). Ignored in candidates mode.
+    request_id : a str returned with the slate as given.
     """
 
     history_poi_codes: Sequence[Sequence[int]] | np.ndarray = ()
@@ -48,13 +52,17 @@ class PreparedRequest:
     creative_codes: np.ndarray  # [S, Cc] int64
     actions: np.ndarray  # [S]
     time_buckets: np.ndarray  # [S]
-    organic_rows: np.ndarray  # [M] catalog rows
+    organic_rows: np.ndarray  # [M] catalog rows, M <= num_slots
 
 
-def prepare_request(request: Request, config: ModelConfig, catalog: Catalog, lists_mode: bool) -> PreparedRequest:
-    """Validate one request against the model and catalog; raise ``RequestError`` naming the field."""
+def prepare_request(request: object, config: ModelConfig, catalog: Catalog, lists_mode: bool,
+                    num_slots: int | None = None) -> PreparedRequest:
+    """Validate one request against the model and catalog; raise ``RequestError`` naming the
+    field. Only the first ``num_slots`` organic items are kept (None: all of them)."""
     if not isinstance(request, Request):
         raise RequestError("request", f"is a {type(request).__name__}", "an ega_infer.Request")
+    if not isinstance(request.request_id, str):
+        raise RequestError("request_id", f"is a {type(request.request_id).__name__}", "a str")
     poi = _int_matrix("history_poi_codes", request.history_poi_codes, config.levels)
     s = len(poi)
     _in_range("history_poi_codes", poi, config.poi_codebook_sizes)
@@ -63,33 +71,42 @@ def prepare_request(request: Request, config: ModelConfig, catalog: Catalog, lis
     else:
         creative = _int_matrix("history_creative_codes", request.history_creative_codes, config.creative_levels, s)
         _in_range("history_creative_codes", creative, config.creative_codebook_sizes, allow_unknown=True)
+    poi, creative = poi.astype(np.int64), creative.astype(np.int64)
     actions = _int_vector("history_actions", request.history_actions, s, config.encoder.n_actions)
     times = _int_vector("history_time_buckets", request.history_time_buckets, s, config.encoder.n_time_buckets)
     keep = slice(max(0, s - config.encoder.max_history), s)
 
     organic_rows = np.zeros(0, np.int64)
     if lists_mode:
-        ids = np.asarray(request.organic_items)
-        if ids.size and (ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer)):
+        ids = _array("organic_items", request.organic_items, "a list of catalog item ids")
+        if ids.size == 0:
+            ids = np.zeros(0, np.int64)
+        if ids.ndim != 1 or not _integers(ids):
             raise RequestError("organic_items", f"has shape {ids.shape} and dtype {ids.dtype}", "a list of item ids")
-        ids = ids.astype(np.int64).reshape(-1)
-        organic_rows = catalog.index_of(ids)
-        for j in range(len(ids)):
-            if organic_rows[j] < 0:
-                raise RequestError(f"organic_items[{j}]", f"= {ids[j]} is not in the catalog", "ids of catalog items")
-            if catalog.is_ad[organic_rows[j]]:
-                raise RequestError(f"organic_items[{j}]", f"= {ids[j]} is an ad", "organic items only")
-        _, first = np.unique(ids, return_index=True)
-        if len(first) != len(ids):
-            j = int(np.setdiff1d(np.arange(len(ids)), first)[0])
+        organic_rows = catalog.index_of(ids.astype(np.int64))
+        unknown = np.flatnonzero((organic_rows < 0) | (ids > np.iinfo(np.int64).max))
+        if len(unknown):
+            j = int(unknown[0])
+            raise RequestError(f"organic_items[{j}]", f"= {ids[j]} is not in the catalog", "ids of catalog items")
+        ads = np.flatnonzero(catalog.is_ad[organic_rows])
+        if len(ads):
+            j = int(ads[0])
+            raise RequestError(f"organic_items[{j}]", f"= {ids[j]} is an ad", "organic items only")
+        _, first = np.unique(organic_rows, return_index=True)
+        if len(first) != len(organic_rows):
+            j = int(np.setdiff1d(np.arange(len(organic_rows)), first)[0])
             raise RequestError(f"organic_items[{j}]", f"= {ids[j]} appears twice", "each organic item once")
+        organic_rows = organic_rows[:num_slots]  # no slate places more: the batch stays small
     return PreparedRequest(poi[keep], creative[keep], actions[keep], times[keep], organic_rows)
 
 
-def collate(batch: Sequence[PreparedRequest], device: torch.device) -> tuple[History, torch.Tensor]:
-    """Pad a batch: the encoder's ``History`` and organic rows ``[N, M]`` (-1 pad)."""
+def collate(batch: Sequence[PreparedRequest], device: torch.device, width: int) -> tuple[History, torch.Tensor]:
+    """Pad a batch: the encoder's ``History`` over ``width`` behaviours (the model's
+    ``max_history``, whatever the batch holds: attention sums over the padded context round
+    the same way in every batch, so a request's slate does not depend on its batch-mates) and
+    organic rows ``[N, M]`` (-1 pad)."""
     n = len(batch)
-    s = max([len(r.poi_codes) for r in batch] + [1])
+    s = max([len(r.poi_codes) for r in batch] + [width, 1])
     m = max([len(r.organic_rows) for r in batch] + [0])
     levels, creative_levels = batch[0].poi_codes.shape[1], batch[0].creative_codes.shape[1]
     poi = np.zeros((n, s, levels), np.int64)
@@ -112,20 +129,43 @@ def collate(batch: Sequence[PreparedRequest], device: torch.device) -> tuple[His
     return History(poi, creative, actions, times, lengths, (index, cu_seqlens.int())), organic
 
 
+# -- field readers: each error names the field and what was expected ------------------------
+def _array(name: str, values: object, expected: str) -> np.ndarray:
+    """``values`` as a numpy array of numbers, or a RequestError (ragged nesting, strings, None
+    inside, mappings, objects numpy cannot read)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    if values is None or isinstance(values, (str, bytes, dict, set, frozenset)):
+        raise RequestError(name, f"is a {type(values).__name__}", expected)
+    try:
+        a = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as exc:  # ragged rows, unreadable entries
+        raise RequestError(name, f"cannot be read as an array ({_first_line(exc)})", expected) from None
+    if a.dtype == object or a.dtype.kind in "USVMmc":
+        raise RequestError(name, f"holds {_what(a)}", expected)
+    return a
+
+
+def _integers(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.integer)
+
+
 def _int_matrix(name: str, values, width: int, rows: int | None = None) -> np.ndarray:
-    a = np.asarray(values)
-    if a.size == 0 and (rows is None or rows == 0):
+    expected = f"integers of shape (S, {width})" if rows is None else f"integers of shape ({rows}, {width})"
+    a = _array(name, values, expected)
+    if a.size == 0 and (rows is None or rows == 0) and a.ndim <= 2:
         return np.zeros((0, width), np.int64)
-    if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
-        raise RequestError(name, f"has shape {a.shape} and dtype {a.dtype}", f"integers of shape (S, {width})")
+    if a.ndim != 2 or not _integers(a):
+        raise RequestError(name, f"has shape {a.shape} and dtype {a.dtype}", expected)
     if a.shape[1] != width:
         raise RequestError(name, f"has {a.shape[1]} codes per behaviour", f"{width}")
     if rows is not None and a.shape[0] != rows:
         raise RequestError(name, f"has {a.shape[0]} rows", f"{rows} (one per behaviour of history_poi_codes)")
-    return a.astype(np.int64)
+    return a
 
 
 def _in_range(name: str, codes: np.ndarray, sizes: tuple[int, ...], allow_unknown: bool = False) -> None:
+    """Check ``codes [S, C]`` against the codebooks, before any cast (so uint64 cannot wrap)."""
     low = -1 if allow_unknown else 0
     bad = (codes < low) | (codes >= np.asarray(sizes))
     if bad.any():
@@ -140,12 +180,24 @@ def _in_range(name: str, codes: np.ndarray, sizes: tuple[int, ...], allow_unknow
 def _int_vector(name: str, values, length: int, size: int) -> np.ndarray:
     if values is None:
         return np.zeros(length, np.int64)
-    a = np.asarray(values)
-    if a.size == 0 and length == 0:
+    expected = f"{length} integers (one per behaviour)"
+    a = _array(name, values, expected)
+    if a.size == 0 and length == 0 and a.ndim <= 1:
         return np.zeros(0, np.int64)
-    if a.shape != (length,) or not np.issubdtype(a.dtype, np.integer):
-        raise RequestError(name, f"has shape {a.shape} and dtype {a.dtype}", f"{length} integers (one per behaviour)")
+    if a.shape != (length,) or not _integers(a):
+        raise RequestError(name, f"has shape {a.shape} and dtype {a.dtype}", expected)
     bad = np.flatnonzero((a < 0) | (a >= size))
     if len(bad):
         raise RequestError(f"{name}[{bad[0]}]", f"= {a[bad[0]]} is out of range", f"an id in [0, {size})")
     return a.astype(np.int64)
+
+
+def _what(a: np.ndarray) -> str:
+    if a.dtype == object:
+        return "ragged rows or entries that are not numbers"
+    return f"{a.dtype.name} values, not numbers" if a.dtype.kind in "USV" else f"{a.dtype} values"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]

@@ -6,7 +6,6 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634  # the kernels run their softmax in base 2
-MAX_HEAD_DIM = 256  # one [BLOCK_M, D] float32 accumulator per program must fit in registers
 
 
 @triton.jit

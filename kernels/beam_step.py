@@ -1,7 +1,8 @@
 """Triton backend of ``beam_step``: the scoring and per-beam top-k fused in one pass per row.
 
-Semantics and the PyTorch reference: ``ega_infer/ops/beam_step.py``. Runs on CUDA tensors, and on
-CPU tensors under ``TRITON_INTERPRET=1``.
+Semantics: ``ega_infer/ops/beam_step.py`` (the public op, which validates the inputs and picks
+this backend); PyTorch reference: ``ega_infer/ops/beam_step_torch.py``. Runs on CUDA tensors,
+and on CPU tensors under ``TRITON_INTERPRET=1``.
 
 What is fused (kernel ``_beam_step_rows_kernel``, one program per logit row = beam)
 ---------------------------------------------------------------------------------------
@@ -9,9 +10,10 @@ The program loads its node's children into one register tile, so every logit it 
 from global memory exactly once and nothing of size ``[rows, V]`` is ever written:
 
 1. gather ``logits[r, code]`` (+ ``allowed``, + ``child_max_bid`` when ``alpha != 0``), add the
-   bid weight, and take the logsumexp over the admissible children (``tl.max`` / ``tl.sum``;
+   bid weight ``logaddexp(alpha * log(bid), log_beta)`` (in log space, so no finite bid
+   overflows), and take the logsumexp over the admissible children (``tl.max`` / ``tl.sum``;
    skipped with ``renormalize=False``, where the masked values are the log-probabilities);
-2. ``score = beam_score + (v - lse)`` for each child, the exact float32 arithmetic of the
+2. ``score = beam_score + ((v - m) - log(sum))`` for each child, the exact float32 arithmetic of the
    reference (``beam_scores[..., None] + logp``);
 3. exact per-row top-``min(k, admissible)`` by (score descending, token ascending): when more
    children are admissible than ``k``, a bisection over the order-preserving int32 image of the
@@ -43,10 +45,10 @@ case with k = 512 beams). Full nodes read the whole row: 16 MB of fp32 logits at
 measured on a GPU yet; the likely costs are the bisection reductions on whole-row tiles and the
 ``torch.topk`` over up to ``P * k`` keys (a second Triton kernel could replace it).
 
-Limits: ``V <= _MAX_VOCAB`` (the whole-row tile lives in registers) and ``P * V < 2**31`` (key).
+Limits (``kernels/limits.py``, checked by the op's capability table): ``V <=
+BEAM_STEP_TRITON_MAX_VOCAB`` (the whole-row tile lives in registers) and ``P * V < 2**31`` (key).
 Loops over data-dependent bounds are ``while`` loops (Triton's interpreter cannot take a loaded
-value as a ``range`` bound), and ``pow`` is ``exp2(alpha * log2(bid))``, as in
-``kernels/trie_log_softmax.py``.
+value as a ``range`` bound).
 """
 
 from __future__ import annotations
@@ -55,14 +57,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..exceptions import FieldError
-from ..ops.beam_step import BeamStep
 from ._launch import Launch
 
 __all__ = ["beam_step_triton", "beam_step_rows_launch"]
 
 _SMALL_TILE = 256  # children per row at or below which the small gather tile is used
-_MAX_VOCAB = 32768  # the whole-row tile is next_pow2(V) lanes of registers
 _BLOCK_PAD = 128  # survivor slots per padding store
 _KEY_LOW = 0x7FFFFFFF  # low 31 key bits: 2**31 - 1 - (beam * V + token)
 _PAD_KEY = -(2**63) + 1  # below every real key (the lowest is about -2**62)
@@ -71,10 +70,9 @@ _PAD_KEY = -(2**63) + 1  # below every real key (the lowest is about -2**62)
 @triton.jit
 def _row_candidates(
     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
-    start, count, vocab, alpha, beta, beam_score, k, beam,
+    start, count, vocab, alpha, log_beta, beam_score, k, beam,
     key_row, child_row, logp_row,
-    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr, FULL: tl.constexpr,
-    BLOCK: tl.constexpr,
+    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Score one row's children in a BLOCK-lane tile and store its top-``k`` survivors.
 
@@ -83,15 +81,17 @@ def _row_candidates(
     lane = tl.arange(0, BLOCK)
     in_range = lane < count
     j = start + lane
-    if FULL:  # every code is a child: child j holds code j - start
-        code = lane.to(tl.int64)
-    else:
-        code = tl.load(child_code_ptr + j, mask=in_range, other=0).to(tl.int64)
-    if USE_BID:
-        bid = tl.load(child_bid_ptr + j, mask=in_range, other=1.0)
-        weight = tl.log(tl.exp2(alpha * tl.log2(bid)) + beta)
-    else:  # bid ** 0 == 1 for every child
-        weight = tl.zeros([BLOCK], tl.float32) + tl.log(1.0 + beta)
+    # A node holding every code (count == V) has codes 0 .. V-1 in order: no child_code read.
+    full = count == vocab
+    code = tl.where(full, lane, tl.load(child_code_ptr + j, mask=in_range & ~full, other=0)).to(tl.int64)
+    if USE_BID:  # a = alpha * log(bid): -inf for bid 0
+        a = alpha * tl.log(tl.load(child_bid_ptr + j, mask=in_range, other=1.0))
+    else:  # bid ** 0 == 1 for every child, bid 0 included
+        a = tl.zeros([BLOCK], tl.float32)
+    # weight = logaddexp(a, log_beta); -inf when both are (no ad below, beta == 0), never NaN
+    top = tl.maximum(a, log_beta)
+    top_safe = tl.where(top == float("-inf"), 0.0, top)
+    weight = top + tl.log(1.0 + tl.exp(tl.minimum(a, log_beta) - top_safe))
     keep = in_range & (code >= 0) & (code < vocab) & (weight > float("-inf"))
     if HAS_ALLOWED:
         ok = tl.load(allowed_row + code * stride_av, mask=keep, other=0)
@@ -102,8 +102,10 @@ def _row_candidates(
     if RENORM:
         m = tl.max(v, axis=0)
         m_safe = tl.where(m == float("-inf"), 0.0, m)
-        lse = m_safe + tl.log(tl.sum(tl.exp(v - m_safe), axis=0))
-        logp = v - lse
+        # (v - m) - log(sum) as torch.log_softmax: m + log(sum) would round the log(sum) away
+        # when the bid weights are huge (1e31), and tied children would each get logp 0
+        shifted = v - m_safe
+        logp = shifted - tl.log(tl.sum(tl.exp(shifted), axis=0))
     else:
         logp = v
     score = beam_score + logp
@@ -152,9 +154,9 @@ def _beam_step_rows_kernel(
     row_node_ptr, child_ptr_ptr, child_code_ptr, child_bid_ptr,
     allowed_ptr, stride_ar, stride_av,
     key_ptr, child_out_ptr, logp_out_ptr,
-    vocab, beams, k, slots, alpha, beta,
+    vocab, beams, k, slots, alpha, log_beta,
     USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr, SMALL: tl.constexpr,
-    BLOCK_V: tl.constexpr, BLOCK_PAD: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_PAD: tl.constexpr, PAD_KEY: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     beam = row % beams
@@ -171,30 +173,24 @@ def _beam_step_rows_kernel(
         if beam_score > float("-inf"):
             start = tl.load(child_ptr_ptr + node).to(tl.int64)
             count = tl.load(child_ptr_ptr + node + 1).to(tl.int64) - start
-            if count <= SMALL:
+            if count <= SMALL:  # a few dozen to a few hundred children: gather them
                 stored = _row_candidates(
                     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
-                    start, count, vocab, alpha, beta, beam_score, k, beam,
-                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, False, SMALL,
+                    start, count, vocab, alpha, log_beta, beam_score, k, beam,
+                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, SMALL,
                 )
-            elif count == vocab:
+            else:  # a large node: a whole-row tile
                 stored = _row_candidates(
                     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
-                    start, count, vocab, alpha, beta, beam_score, k, beam,
-                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, True, BLOCK_V,
-                )
-            else:
-                stored = _row_candidates(
-                    logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
-                    start, count, vocab, alpha, beta, beam_score, k, beam,
-                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, False, BLOCK_V,
+                    start, count, vocab, alpha, log_beta, beam_score, k, beam,
+                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, BLOCK_V,
                 )
 
     # Unused survivor slots get a key below every real one (child and logp stay unwritten).
     s0 = stored.to(tl.int64)
     while s0 < slots:
         offs = s0 + tl.arange(0, BLOCK_PAD)
-        tl.store(key_row + offs, tl.full([BLOCK_PAD], -9223372036854775807, tl.int64),
+        tl.store(key_row + offs, tl.full([BLOCK_PAD], PAD_KEY, tl.int64),
                  mask=offs < slots)
         s0 += BLOCK_PAD
 
@@ -208,57 +204,47 @@ def beam_step_triton(
     child_max_bid: torch.Tensor,
     *,
     k: int,
-    alpha: float = 0.0,
-    beta: float = 0.0,
+    alpha: float,
+    log_beta: float,
     allowed: torch.Tensor | None = None,
     renormalize: bool = True,
-) -> BeamStep:
-    """Triton backend: same arguments and result as ``beam_step_torch``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backend, for inputs the public op has validated: ``(scores, parent, token,
+    child, logp)``, each ``[N, k]``, as ``beam_step_torch`` returns them.
 
     Each node's children must have distinct, ascending codes (``_C.build_trie``'s layout); a
     node with all ``V`` codes as children is read without its ``child_code`` range.
     """
     n, p = beam_scores.shape
-    vocab = logits.shape[1]
     keys, child, logp = _row_survivors(
         logits, beam_scores, row_node, child_ptr, child_code, child_max_bid,
-        k=k, alpha=alpha, beta=beta, allowed=allowed, renormalize=renormalize,
+        k=k, alpha=alpha, log_beta=log_beta, allowed=allowed, renormalize=renormalize,
     )
     slots = keys.shape[1]
     return _merge(keys.view(n, p * slots), child.view(n, p * slots), logp.view(n, p * slots), k,
-                  vocab)
+                  logits.shape[1])
 
 
-def _row_survivors(
-    logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, *, k, alpha, beta,
-    allowed, renormalize=True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _row_survivors(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, *, k, alpha,
+                   log_beta, allowed, renormalize=True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the row kernel: ``(keys, child, logp)``, each ``[rows, min(k, V)]``.
 
     Row r's first ``min(k, admissible children)`` slots hold its best candidates (lane order);
     the rest have key ``_PAD_KEY`` and unwritten child / logp.
     """
-    p = beam_scores.shape[1]
     rows, vocab = logits.shape
-    device = logits.device
-    if vocab > _MAX_VOCAB:
-        raise FieldError("logits", f"has {vocab} columns",
-                         f"at most {_MAX_VOCAB} for backend 'triton' (use 'cuda' or 'torch')")
-    if p * vocab >= 2**31:
-        raise FieldError("logits", f"has beams * vocab = {p * vocab}",
-                         "< 2**31 for backend 'triton'")
     slots = min(k, vocab)
-    keys = torch.empty((rows, slots), dtype=torch.int64, device=device)
-    child = torch.empty((rows, slots), dtype=torch.int32, device=device)
-    logp = torch.empty((rows, slots), dtype=torch.float32, device=device)
+    keys = torch.empty((rows, slots), dtype=torch.int64, device=logits.device)
+    child = torch.empty((rows, slots), dtype=torch.int32, device=logits.device)
+    logp = torch.empty((rows, slots), dtype=torch.float32, device=logits.device)
     if rows == 0 or slots == 0:
         return keys, child, logp
     launch = beam_step_rows_launch(
         logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, keys, child, logp,
-        k=k, alpha=alpha, beta=beta, allowed=allowed, renormalize=renormalize,
+        k=k, alpha=alpha, log_beta=log_beta, allowed=allowed, renormalize=renormalize,
     )
-    if device.type == "cuda":
-        with torch.cuda.device(device):
+    if logits.device.type == "cuda":
+        with torch.cuda.device(logits.device):
             launch()
     else:
         launch()
@@ -278,7 +264,7 @@ def beam_step_rows_launch(
     *,
     k: int,
     alpha: float,
-    beta: float,
+    log_beta: float,
     allowed: torch.Tensor | None,
     renormalize: bool = True,
 ) -> Launch:
@@ -298,21 +284,19 @@ def beam_step_rows_launch(
         logits, logits.stride(0), logits.stride(1), beam_scores.contiguous(),
         row_node.contiguous(), child_ptr.contiguous(), child_code.contiguous(),
         child_max_bid.contiguous(), allowed_arg, stride_ar, stride_av,
-        keys, child, logp, vocab, p, k, slots, float(alpha), float(beta),
+        keys, child, logp, vocab, p, k, slots, float(alpha), float(log_beta),
     )
     meta = dict(
         USE_BID=float(alpha) != 0.0, HAS_ALLOWED=allowed is not None, RENORM=bool(renormalize),
-        SMALL=min(_SMALL_TILE, block_v), BLOCK_V=block_v, BLOCK_PAD=_BLOCK_PAD,
+        SMALL=min(_SMALL_TILE, block_v), BLOCK_V=block_v, BLOCK_PAD=_BLOCK_PAD, PAD_KEY=_PAD_KEY,
         num_warps=4 if block_v <= 1024 else 8 if block_v <= 4096 else 16,
     )
     return Launch(_beam_step_rows_kernel, (rows,), args, meta)
 
 
-def _merge(keys: torch.Tensor, child: torch.Tensor, logp: torch.Tensor, k: int,
-           vocab: int) -> BeamStep:
+def _merge(keys: torch.Tensor, child: torch.Tensor, logp: torch.Tensor, k: int, vocab: int):
     """Global top-``k`` of each request's survivor keys, decoded and padded to ``k`` entries."""
     n, pool = keys.shape
-    device = keys.device
     take = min(k, pool)
     top, index = torch.topk(keys, take, dim=1, largest=True, sorted=True)
     alive = top != _PAD_KEY
@@ -331,4 +315,4 @@ def _merge(keys: torch.Tensor, child: torch.Tensor, logp: torch.Tensor, k: int,
         token = torch.cat([token, token.new_zeros(n, missing)], dim=1)
         child = torch.cat([child, child.new_full((n, missing), -1)], dim=1)
         logp = torch.cat([logp, logp.new_full((n, missing), float("-inf"))], dim=1)
-    return BeamStep(scores, parent, token, child, logp.float())
+    return scores, parent, token, child, logp.float()

@@ -59,11 +59,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..exceptions import BackendUnavailableError
-from ._attention import LOG2E, MAX_HEAD_DIM, dot
+from ._attention import LOG2E, dot
 from ._launch import Launch
 
-__all__ = ["decode_attention_triton", "decode_attention_launches", "MAX_HEAD_DIM"]
+__all__ = ["decode_attention_triton", "decode_attention_launches"]
 
 
 @triton.jit
@@ -331,9 +330,10 @@ def decode_attention_triton(
     num_splits: int | None = None,
     block_p: int | None = None,
 ) -> torch.Tensor:
-    """Triton backend: same arguments and result as ``decode_attention_torch``.
+    """Triton backend: same arguments and result as ``decode_attention_torch``, for
+    inputs the public op has validated.
 
-    Every tensor may be a strided view (no copies); head dims up to ``MAX_HEAD_DIM``.
+    Every tensor may be a strided view (no copies); head dims up to ``limits.ATTENTION_TRITON_MAX_HEAD_DIM``.
     ``num_splits`` (context splits) and ``block_p`` (beams per program, a power of two) override
     the heuristics; tests use them to reach the split-K and multi-block paths on tiny shapes.
     Returns a new contiguous [N, P, Hq, D] tensor in q's dtype.
@@ -342,11 +342,6 @@ def decode_attention_triton(
     out = torch.empty((n, p, hq, d), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    if d > MAX_HEAD_DIM:
-        raise BackendUnavailableError(
-            f"decode_attention: the Triton kernel takes head dims up to {MAX_HEAD_DIM}, got {d}; "
-            "use backend='torch'"
-        )
     launches = decode_attention_launches(q, ctx_k, ctx_v, ctx_len, own_k, own_v, out, scale=scale,
                                          num_splits=num_splits, block_p=block_p)
     with _on_device(q.device):
@@ -369,7 +364,7 @@ def decode_attention_launches(
     block_p: int | None = None,
     sm_count: int | None = None,
 ) -> tuple[Launch, ...]:
-    """The launches that fill ``out`` (contiguous, not empty, head dim <= MAX_HEAD_DIM): the
+    """The launches that fill ``out`` (contiguous, not empty, head dim <= ATTENTION_TRITON_MAX_HEAD_DIM): the
     attention kernel, then the split combine when the context is split. Allocates the split
     partials on q's device. Shared by :func:`decode_attention_triton` and ``ega_infer.compile``
     (which passes the target GPU's ``sm_count``)."""

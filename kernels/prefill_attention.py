@@ -44,12 +44,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..exceptions import BackendUnavailableError
-from ._attention import LOG2E, MAX_HEAD_DIM, dot
+from ._attention import LOG2E, dot
 from ._launch import Launch
 
 __all__ = [
-    "prefill_attention_triton", "prefill_attention_launch", "query_block_map", "MAX_HEAD_DIM",
+    "prefill_attention_triton", "prefill_attention_launch", "query_block_map",
 ]
 
 
@@ -230,9 +229,10 @@ def prefill_attention_triton(
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> torch.Tensor:
-    """Triton backend: same arguments and result as ``prefill_attention_torch``.
+    """Triton backend: same arguments and result as ``prefill_attention_torch``, for
+    inputs the public op has validated.
 
-    q, k, v may be strided views (no copies); head dims up to ``MAX_HEAD_DIM``. ``cu_seqlens``
+    q, k, v may be strided views (no copies); head dims up to ``limits.ATTENTION_TRITON_MAX_HEAD_DIM``. ``cu_seqlens``
     is assumed valid (the public op checks it). ``block_m`` / ``block_n`` override the tile
     sizes (powers of two >= 16; tests use them to reach multi-block paths on tiny shapes).
     Returns a new contiguous [T, Hq, D] tensor in q's dtype.
@@ -241,11 +241,6 @@ def prefill_attention_triton(
     out = torch.empty((total, hq, d), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    if d > MAX_HEAD_DIM:
-        raise BackendUnavailableError(
-            f"prefill_attention: the Triton kernel takes head dims up to {MAX_HEAD_DIM}, got {d}; "
-            "use backend='torch'"
-        )
     launch = prefill_attention_launch(q, k, v, cu_seqlens, out, causal=causal, scale=scale,
                                       block_m=block_m, block_n=block_n)
     device_ctx = torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext()
@@ -266,7 +261,7 @@ def prefill_attention_launch(
     block_m: int | None = None,
     block_n: int | None = None,
 ) -> Launch:
-    """The launch that fills ``out`` (a new [T, Hq, D], not empty, D <= MAX_HEAD_DIM); builds
+    """The launch that fills ``out`` (a new [T, Hq, D], not empty, D <= ATTENTION_TRITON_MAX_HEAD_DIM); builds
     the query block map on q's device. Shared by :func:`prefill_attention_triton` and
     ``ega_infer.compile``."""
     total, hq, d = q.shape

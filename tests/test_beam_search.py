@@ -18,6 +18,7 @@ from ega_infer import Catalog, DecodeConfig
 from ega_infer.decoding import beam_search
 from ega_infer.model import DecoderConfig, EncoderConfig, GenerativeAdModel, ModelConfig
 from ega_infer.model.encoder import History
+from ega_infer.ops import OpBackends
 
 SIZES = (6, 5, 4)
 
@@ -56,6 +57,18 @@ def _context(model, n, seed=0):
     return memory, mask, model.decoder.context(memory, mask)
 
 
+def _decode(model, ctx, catalog, config, organic=None, backend="torch", device="cpu"):
+    """The final beams: ``(scores [N, B], items [N, B, K], codes [N, B, K, C])``. Candidates
+    mode reports the list of the best ``num_slots`` beams, so its configs ask for as many
+    slots as beams to see every beam."""
+    backends = OpBackends(backend, backend, "torch" if backend == "cuda" else backend)
+    lists = beam_search(model.decoder, ctx, catalog.on_device(device), config.spec(), backends, organic)
+    if config.mode == "lists":
+        return lists.beam_scores, lists.beam_items, lists.poi_codes
+    k = lists.poi_codes.shape[2]
+    return lists.beam_scores[:, :k], lists.beam_items[:, :k], lists.poi_codes[:, 0, :, None]
+
+
 def _weight(catalog, prefix, alpha, beta):
     """log(max ad bid under prefix ** alpha + beta), straight from the item arrays."""
     match = np.all(catalog.poi_codes[:, : len(prefix)] == np.asarray(prefix, dtype=np.int64), axis=1) & catalog.is_ad
@@ -74,7 +87,7 @@ def _level_logits(model, memory, mask, request, tokens):
 
 
 def _greedy_lists(model, catalog, memory, mask, request, organic, config):
-    """Width-1 decoding of a slate, written from the rules in MISSION.md."""
+    """Width-1 decoding of a slate, written from the slate rules (the lists-mode contract of ``DecodeConfig``)."""
     levels = catalog.levels
     tokens, placed, last_ad = [], [], -(10**6)
     organic_rows = list(catalog.index_of(organic))
@@ -118,13 +131,12 @@ def test_width_one_equals_greedy_lists(split, rules):
     organic = catalog.item_ids[~catalog.is_ad][:4]
     config = DecodeConfig(mode="lists", beams=(1,), num_slots=4, alpha=1.2, beta=2.0, backend="torch", **rules)
     memory, mask, ctx = _context(model, 3)
-    trie = catalog.device_trie("cpu")
     organic_rows = torch.tensor(catalog.index_of(organic)).expand(3, -1).contiguous()
-    result = beam_search(model.decoder, ctx, trie, torch.tensor(catalog.is_ad), config, organic_rows)
+    _, items, _ = _decode(model, ctx, catalog, config, organic_rows)
     for n in range(3):
         expected = _greedy_lists(model, catalog, memory, mask, n, organic, config)
         assert expected is not None
-        assert result.items[n, 0].tolist() == expected
+        assert items[n, 0].tolist() == expected
 
 
 @torch.no_grad()
@@ -134,14 +146,14 @@ def test_wide_beams_find_every_sid_with_its_exact_score(alpha, beta, split):
     model = _model(split=split)
     catalog = _catalog(40, seed=7)
     sids = {tuple(int(c) for c in row) for row in catalog.poi_codes}
-    config = DecodeConfig(mode="candidates", beams=(128,), alpha=alpha, beta=beta, backend="torch")
+    config = DecodeConfig(mode="candidates", beams=(128,), num_slots=128, alpha=alpha, beta=beta, backend="torch")
     memory, mask, ctx = _context(model, 2, seed=1)
-    result = beam_search(model.decoder, ctx, catalog.device_trie("cpu"), torch.tensor(catalog.is_ad), config)
+    scores, _, codes = _decode(model, ctx, catalog, config)
     for n in range(2):
-        alive = result.scores[n] > -math.inf
-        got = {tuple(result.poi_codes[n, b, 0].tolist()): float(result.scores[n, b]) for b in torch.nonzero(alive).flatten()}
+        alive = scores[n] > -math.inf
+        got = {tuple(codes[n, b, 0].tolist()): float(scores[n, b]) for b in torch.nonzero(alive).flatten()}
         assert set(got) == sids
-        assert torch.all(result.scores[n, alive][:-1] >= result.scores[n, alive][1:])
+        assert torch.all(scores[n, alive][:-1] >= scores[n, alive][1:])
         for sid, score in got.items():
             exact = 0.0
             for level in range(3):
@@ -158,23 +170,24 @@ def test_wide_beams_find_every_sid_with_its_exact_score(alpha, beta, split):
 def test_candidates_are_catalog_items(n_items, beams):
     model = _model()
     catalog = _catalog(n_items, seed=n_items)
-    config = DecodeConfig(mode="candidates", beams=beams, backend="torch")
+    schedule = DecodeConfig(beams=beams).spec().beam_schedule(3)
+    config = DecodeConfig(mode="candidates", beams=beams, num_slots=schedule[-1], backend="torch")
     _, _, ctx = _context(model, 3)
-    trie = catalog.device_trie("cpu")
-    result = beam_search(model.decoder, ctx, trie, torch.tensor(catalog.is_ad), config)
-    width = config.beam_schedule(3)[-1]
+    trie = catalog.on_device("cpu").trie
+    scores, items, codes = _decode(model, ctx, catalog, config)
+    width = schedule[-1]
     n_sids = len({tuple(r) for r in catalog.poi_codes.tolist()})
     for n in range(3):
-        alive = result.scores[n] > -math.inf
-        if len(set(config.beam_schedule(3))) == 1:
+        alive = scores[n] > -math.inf
+        if len(set(schedule)) == 1:
             assert int(alive.sum()) == min(width, n_sids)
         else:  # a narrower early level may cut subtrees
             assert 1 <= int(alive.sum()) <= min(width, n_sids)
-        rows = result.items[n, alive, 0]
+        rows = items[n, alive, 0]
         assert (rows >= 0).all() and len(set(rows.tolist())) == len(rows)
         for b in torch.nonzero(alive).flatten():
-            row = int(result.items[n, b, 0])
-            assert catalog.poi_codes[row].tolist() == result.poi_codes[n, b, 0].tolist()
+            row = int(items[n, b, 0])
+            assert catalog.poi_codes[row].tolist() == codes[n, b, 0].tolist()
             assert row == int(trie.resolve(torch.tensor(catalog.trie.item_nodes[row, -1])))
 
 
@@ -197,12 +210,12 @@ def test_every_slate_obeys_the_rules(seed):
     for i, o in enumerate(organic):
         rows[i, : len(o)] = torch.as_tensor(catalog.index_of(o))
     _, _, ctx = _context(model, n, seed=seed)
-    result = beam_search(model.decoder, ctx, catalog.device_trie("cpu"), torch.tensor(catalog.is_ad), config, rows)
+    scores, beam_items, codes = _decode(model, ctx, catalog, config, rows)
     sids = {tuple(r) for r in catalog.poi_codes.tolist()}
     for i in range(n):
         organic_rows = list(catalog.index_of(organic[i]))
-        for b in torch.nonzero(result.scores[i] > -math.inf).flatten():
-            items = result.items[i, b].tolist()
+        for b in torch.nonzero(scores[i] > -math.inf).flatten():
+            items = beam_items[i, b].tolist()
             assert len(items) == slots and min(items) >= 0
             assert len(set(items)) == slots
             ads = [k for k, r in enumerate(items) if catalog.is_ad[r]]
@@ -212,7 +225,7 @@ def test_every_slate_obeys_the_rules(seed):
             assert not set(ads) & set(forbidden)
             assert all(b2 - a - 1 >= min_gap for a, b2 in zip(ads, ads[1:]))
             for k, r in enumerate(items):
-                sid = tuple(result.poi_codes[i, b, k].tolist())
+                sid = tuple(codes[i, b, k].tolist())
                 assert sid in sids and sid == tuple(catalog.poi_codes[r])
 
 
@@ -236,11 +249,8 @@ def test_kernel_backends_decode_the_same_beams(backend, mode, device):
     model.to(device)
     ctx = type(ctx)([k.to(device) for k in ctx.keys], [v.to(device) for v in ctx.values], ctx.mask.to(device),
                     ctx.lengths.to(device))
-    results = {}
-    for chosen in ("torch", backend):
-        config = DecodeConfig(mode=mode, beams=(3, 5, 6), num_slots=3, backend=chosen)
-        results[chosen] = beam_search(model.decoder, ctx, catalog.device_trie(device),
-                                      torch.tensor(catalog.is_ad, device=device), config, organic)
-    ref, got = results["torch"], results[backend]
-    assert torch.equal(ref.items, got.items)
-    torch.testing.assert_close(ref.scores, got.scores, atol=1e-4, rtol=1e-5)
+    config = DecodeConfig(mode=mode, beams=(3, 5, 6), num_slots=3)
+    ref_scores, ref_items, _ = _decode(model, ctx, catalog, config, organic, "torch", device)
+    scores, items, _ = _decode(model, ctx, catalog, config, organic, backend, device)
+    assert torch.equal(ref_items, items)
+    torch.testing.assert_close(ref_scores, scores, atol=1e-4, rtol=1e-5)

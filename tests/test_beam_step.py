@@ -16,6 +16,7 @@ about everything else: entries and order wherever the reference's scores are mor
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -23,20 +24,33 @@ import pytest
 import torch
 
 from ega_infer import _C, _native
-from ega_infer.decoding.topk import full_topk
 from ega_infer.exceptions import BackendUnavailableError, FieldError
-from ega_infer.ops.beam_step import BeamStep, beam_step, beam_step_torch
-from ega_infer.ops.trie_log_softmax import trie_log_softmax_torch
+from ega_infer.ops import BeamStep, beam_step, beam_step_torch, trie_log_softmax_torch
+from ega_infer.ops.beam_step import log_beta
 
 NEG_INF = float("-inf")
 TIE_TOL = 1e-4  # reference scores closer than this may come out in either order
 ALPHA_BETA = [(0.0, 0.0), (1.2, 2.0), (1.0, 0.0)]
 
 needs_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _native.cuda_module_or_none() is not None
-         and hasattr(_native, "beam_step_cuda")),
-    reason="needs a CUDA GPU, the ega_infer._cuda module and _native.beam_step_cuda",
+    not (torch.cuda.is_available() and _native.cuda_module_or_none() is not None),
+    reason="needs a CUDA GPU and the ega_infer._cuda module",
 )
+
+
+def full_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The exact top-k oracle: a stable descending sort of each request's ``P * V`` candidates
+    (ties by parent, then token); entries past ``P * V`` are -inf with parent and token 0."""
+    n, p, v = scores.shape
+    values, flat = torch.sort(scores.reshape(n, p * v), dim=-1, descending=True, stable=True)
+    values, flat = values[:, :k], flat[:, :k]
+    parent, token = torch.div(flat, v, rounding_mode="floor"), flat % v
+    missing = k - values.shape[1]
+    if missing > 0:
+        values = torch.cat([values, values.new_full((n, missing), NEG_INF)], dim=1)
+        parent = torch.cat([parent, parent.new_zeros(n, missing)], dim=1)
+        token = torch.cat([token, token.new_zeros(n, missing)], dim=1)
+    return values, parent, token
 
 
 def make_case(n: int, p: int, vocab: int, *, seed: int, device: torch.device,
@@ -104,7 +118,7 @@ def run_backend(case: dict, k: int, alpha: float, beta: float, backend: str,
 
 def reference(case: dict, k: int, alpha: float, beta: float, renormalize: bool = True) -> BeamStep:
     cpu = {key: None if t is None else t.cpu() for key, t in case.items()}
-    return beam_step_torch(*tensors(cpu), k=k, alpha=alpha, beta=beta, allowed=cpu["allowed"],
+    return beam_step_torch(*tensors(cpu), k=k, alpha=alpha, log_beta=log_beta(beta), allowed=cpu["allowed"],
                            renormalize=renormalize)
 
 
@@ -181,10 +195,10 @@ def naive_child(row_node, child_ptr, child_code, row: int, token: int) -> int:
 @pytest.mark.parametrize(("alpha", "beta"), ALPHA_BETA)
 def test_torch_reference_equals_one_stage_oracle(n, p, vocab, k, alpha, beta, device) -> None:
     case = make_case(n, p, vocab, seed=n * 100 + vocab, device=device, with_allowed=True)
-    got = beam_step_torch(*tensors(case), k=k, alpha=alpha, beta=beta, allowed=case["allowed"])
+    got = beam_step_torch(*tensors(case), k=k, alpha=alpha, log_beta=log_beta(beta), allowed=case["allowed"])
     logp = trie_log_softmax_torch(
         case["logits"], case["row_node"], case["child_ptr"], case["child_code"],
-        case["child_max_bid"], alpha=alpha, beta=beta, allowed=case["allowed"],
+        case["child_max_bid"], alpha=alpha, log_beta=log_beta(beta), allowed=case["allowed"],
     ).view(n, p, vocab)
     scores, parent, token = full_topk(case["beam_scores"][..., None] + logp, k)
     assert torch.equal(got.scores, scores)
@@ -207,7 +221,7 @@ def test_torch_reference_without_renormalization(n, p, vocab, k, alpha, beta, de
     # renormalize=False: the logits (log-probabilities over a larger vocabulary, in practice)
     # plus the bid weight, masked to the admissible children, not normalised again.
     case = make_case(n, p, vocab, seed=n * 100 + vocab + 7, device=device, with_allowed=True)
-    got = beam_step_torch(*tensors(case), k=k, alpha=alpha, beta=beta, allowed=case["allowed"],
+    got = beam_step_torch(*tensors(case), k=k, alpha=alpha, log_beta=log_beta(beta), allowed=case["allowed"],
                           renormalize=False)
     rows, child_ptr = case["row_node"], case["child_ptr"]
     masked = torch.full((n * p, vocab), NEG_INF, device=device)
@@ -217,18 +231,20 @@ def test_torch_reference_without_renormalization(n, p, vocab, k, alpha, beta, de
             continue
         for j in range(int(child_ptr[node]), int(child_ptr[node + 1])):
             c = int(case["child_code"][j])
-            w = torch.log(case["child_max_bid"][j] ** alpha + beta)
+            powered = float(case["child_max_bid"][j]) ** alpha + beta  # float64; 0.0 ** 0 == 1
+            w = math.log(powered) if powered > 0 else NEG_INF
             if bool(case["allowed"][r, c]):
-                masked[r, c] = case["logits"][r, c] + w
+                masked[r, c] = float(case["logits"][r, c]) + w
     scores, parent, token = full_topk(case["beam_scores"][..., None] + masked.view(n, p, vocab), k)
-    assert torch.equal(got.scores, scores)
     alive = scores > NEG_INF
+    assert torch.equal(got.alive, alive)
+    torch.testing.assert_close(got.scores[alive], scores[alive], atol=1e-5, rtol=1e-6)
     assert torch.equal(got.parent[alive], parent[alive])
     assert torch.equal(got.token[alive], token[alive])
     assert_missing_entries(got)
     for req, q in alive.nonzero().tolist():
-        assert float(got.logp[req, q]) == float(masked[req * p + int(parent[req, q]),
-                                                       int(token[req, q])])
+        want = float(masked[req * p + int(parent[req, q]), int(token[req, q])])
+        assert float(got.logp[req, q]) == pytest.approx(want, abs=1e-5)
 
 
 def test_torch_reference_by_hand() -> None:
@@ -239,7 +255,8 @@ def test_torch_reference_by_hand() -> None:
     child_ptr = torch.tensor([0, 3, 3, 4])
     child_code = torch.tensor([0, 2, 3, 1], dtype=torch.int32)
     step = beam_step_torch(logits, torch.tensor([[0.0, 0.0], [-2.0, 0.0]]),
-                           torch.tensor([0, 1, 2, -1]), child_ptr, child_code, torch.ones(4), k=4)
+                           torch.tensor([0, 1, 2, -1]), child_ptr, child_code, torch.ones(4), k=4,
+                           alpha=0.0, log_beta=NEG_INF)
     lse = torch.logsumexp(torch.tensor([0.0, 0.0, 1.0]), 0)
     torch.testing.assert_close(step.scores[0, :3], torch.stack([1 - lse, -lse, -lse]))
     assert step.parent[0].tolist() == [0, 0, 0, 0]
@@ -252,7 +269,8 @@ def test_torch_reference_by_hand() -> None:
 
 def test_torch_reference_without_requests() -> None:
     step = beam_step_torch(torch.zeros(0, 5), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long),
-                           torch.tensor([0, 2]), torch.tensor([1, 3]), torch.ones(2), k=4)
+                           torch.tensor([0, 2]), torch.tensor([1, 3]), torch.ones(2), k=4,
+                           alpha=0.0, log_beta=NEG_INF)
     assert step.scores.shape == step.child.shape == (0, 4)
 
 
@@ -363,6 +381,20 @@ def test_triton_weights_masks_dtypes(alpha, beta, dtype, triton_device) -> None:
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize(("scale", "alpha", "beta"), [(1e33, 1.2, 2.0), (1.0, 1e30, 2.0), (1e-30, 1e36, 0.0),
+                                                      (3e38 / 4, 1.2, 1e300), (1.0, 0.0, 1e300)])
+def test_huge_token_weights_stay_finite_and_match(scale, alpha, beta, triton_device) -> None:
+    # bids of 1e33 and exponents of 1e30 once overflowed max_bid ** alpha + beta in float32
+    # (NaN logits, every beam dead); in log space every backend keeps finite, equal scores
+    case = make_case(2, 5, 33, seed=8, device=triton_device, with_allowed=True)
+    case["child_max_bid"] = case["child_max_bid"] * scale
+    ref = reference(case, 6, alpha, beta)
+    assert not torch.isnan(ref.scores).any() and ref.alive.any()
+    assert torch.isfinite(ref.scores[ref.alive]).all()
+    assert_same_step(run_backend(case, 6, alpha, beta, "triton"), case, 6, alpha, beta)
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize(("n", "p", "vocab"), [(1, 1, 7), (3, 5, 33), (2, 3, 130)])
 @pytest.mark.parametrize("k_index", [0, 1, 2], ids=["k1", "k4", "kall"])
 def test_triton_without_renormalization(n, p, vocab, k_index, triton_device) -> None:
@@ -456,13 +488,13 @@ def test_triton_row_survivors_are_each_rows_top_k(k, small_tile, triton_device, 
     monkeypatch.setattr(kernel_module, "_SMALL_TILE", small_tile)
     p, row_node, scores = TIE_LAYOUTS["beams"]
     case = tie_case(p, row_node, scores, triton_device, same_rows=False)
-    keys, child, logp = kernel_module._row_survivors(*tensors(case), k=k, alpha=0.0, beta=0.0,
+    keys, child, logp = kernel_module._row_survivors(*tensors(case), k=k, alpha=0.0, log_beta=NEG_INF,
                                                      allowed=None)
     vocab = case["logits"].shape[1]
     assert keys.shape == (len(row_node), min(k, vocab))
     cpu = {key: None if t is None else t.cpu() for key, t in case.items()}
     dense = trie_log_softmax_torch(cpu["logits"], cpu["row_node"], cpu["child_ptr"],
-                                   cpu["child_code"], cpu["child_max_bid"])
+                                   cpu["child_code"], cpu["child_max_bid"], alpha=0.0, log_beta=NEG_INF)
     dense = cpu["beam_scores"].reshape(-1, 1) + dense
     keys = keys.cpu()
     for row in range(len(row_node)):

@@ -299,7 +299,7 @@ def _collision_catalog() -> Catalog:
 def _resolve(cat: Catalog, sid: tuple[int, ...]) -> int:
     row = int(np.flatnonzero((cat.poi_codes == np.asarray(sid)).all(1))[0])
     leaf = torch.tensor([int(cat.trie.item_nodes[row, -1])])
-    return int(cat.item_ids[cat.device_trie("cpu").resolve(leaf)[0]])
+    return int(cat.item_ids[cat.on_device("cpu").trie.resolve(leaf)[0]])
 
 
 def test_organic_bids_stored_as_zero():
@@ -325,7 +325,7 @@ def test_leaf_resolution_prefers_highest_bid_ad_then_first_organic():
 
 def test_resolution_batched_over_all_leaves():
     cat = build(random_arrays(500, seed=11))
-    trie = cat.device_trie("cpu")
+    trie = cat.on_device("cpu").trie
     leaves = torch.arange(len(cat.trie.leaf_ptr) - 1)
     got = trie.resolve(leaves).numpy()
     for leaf, row in zip(leaves.tolist(), got):
@@ -356,7 +356,7 @@ def test_trie_invariants_random(n, seed):
 
 @pytest.mark.parametrize("n", SIZES_N)
 def test_trie_invariants_synthetic(n):
-    from ega_infer.demo import synthetic_catalog
+    from ega_infer.testing import synthetic_catalog
     from ega_infer.model.config import ModelConfig
 
     cfg = ModelConfig(poi_codebook_sizes=(8, 5, 7), creative_codebook_sizes=(4,))
@@ -409,10 +409,10 @@ def test_with_bids_equals_rebuild(n, seed):
 
 def test_with_bids_reorders_leaf_and_refreshes_device_trie():
     cat = _collision_catalog()
-    dev_before = cat.device_trie("cpu")
+    dev_before = cat.on_device("cpu").trie
     updated = cat.with_bids([13, 30], [0.25, 4.0])
-    assert cat.device_trie("cpu") is dev_before  # the old catalog keeps its device arrays
-    dev = updated.device_trie("cpu")
+    assert cat.on_device("cpu").trie is dev_before  # the old catalog keeps its device arrays
+    dev = updated.on_device("cpu").trie
     assert dev is not dev_before
     np.testing.assert_array_equal(dev.leaf_items.numpy(), updated.trie.leaf_items)
     for level in range(updated.levels):
@@ -684,7 +684,7 @@ def test_empty_catalog_builds():
     np.testing.assert_array_equal(cat.trie.leaf_ptr, [0])
     check_trie_brute_force(cat)
     assert (cat.index_of([1, 2]) == -1).all()
-    cat.device_trie("cpu")
+    cat.on_device("cpu").trie
 
 
 def test_empty_catalog_from_plain_lists():

@@ -42,7 +42,7 @@ ARCHS = ("sm_80", "sm_90")
 # one specialisation of each kernel per arch.
 REDUCED = Coverage(dtypes=("float32",), batch_sizes=(1,), context_lengths=(65,), graph_buckets=(1,),
                    max_positions=1)
-KERNELS = {"_beam_step_rows_kernel", "_trie_log_softmax_kernel", "_decode_attention_kernel",
+KERNELS = {"_beam_step_rows_kernel", "_decode_attention_kernel",
            "_prefill_attention_kernel"}
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,10 +279,9 @@ import ega_infer.ops._dispatch as dispatch
 from ega_infer import Engine
 from ega_infer.compile import Coverage
 from ega_infer.compile._specs import Call, enumerate_jobs, launches_of, spec_key, specialize
-from ega_infer.demo import synthetic_catalog, synthetic_requests
-from ega_infer.kernels import beam_step, decode_attention, prefill_attention, trie_log_softmax
+from ega_infer.testing import synthetic_catalog, synthetic_requests
+from ega_infer.kernels import beam_step, decode_attention, prefill_attention
 from ega_infer.ops import beam_step_torch, decode_attention_torch, prefill_attention_torch
-from ega_infer.ops.trie_log_softmax import trie_log_softmax_torch
 
 dispatch.triton_interpreted = lambda: True  # let the ops pick "triton" for CPU tensors
 recorded = []
@@ -296,11 +295,12 @@ def meta(x):
 def recorder(op, reference):
     def call(*args, **kwargs):  # what the op hands its Triton wrapper, on meta tensors
         recorded.append(Call(op, op, tuple(meta(a) for a in args), {k: meta(v) for k, v in kwargs.items()}, 132))
-        return reference(*args, **kwargs)
+        out = reference(*args, **kwargs)
+        return (out.scores, out.parent, out.token, out.child, out.logp) if op == "beam_step" else out
     return call
 
 for module, name, reference in (
-    (beam_step, "beam_step", beam_step_torch), (trie_log_softmax, "trie_log_softmax", trie_log_softmax_torch),
+    (beam_step, "beam_step", beam_step_torch),
     (decode_attention, "decode_attention", decode_attention_torch),
     (prefill_attention, "prefill_attention", prefill_attention_torch),
 ):
@@ -381,9 +381,7 @@ from ega_infer.compile._specs import calls
 from ega_infer.kernels.beam_step import beam_step_triton
 from ega_infer.kernels.decode_attention import decode_attention_triton
 from ega_infer.kernels.prefill_attention import prefill_attention_triton
-from ega_infer.kernels.trie_log_softmax import trie_log_softmax_triton
 from ega_infer.ops import beam_step_torch, decode_attention_torch, prefill_attention_torch
-from ega_infer.ops.trie_log_softmax import trie_log_softmax_torch
 
 prepared, arch = sys.argv[1], int(sys.argv[2])
 use_compiled(prepared)
@@ -409,10 +407,9 @@ def randn(t):
 
 def materialise(call):
     a, kw = call.args, dict(call.kwargs)
-    if call.op in ("beam_step", "trie_log_softmax"):
-        scores = (real(a[1], lambda t: t.zero_()),) if call.op == "beam_step" else ()
-        rest = a[2:] if call.op == "beam_step" else a[1:]
-        node, ptr, code, bid = rest
+    if call.op == "beam_step":
+        scores = (real(a[1], lambda t: t.zero_()),)
+        node, ptr, code, bid = a[2:]
         vocab = a[0].shape[1]
         args = (real(a[0], randn), *scores, real(node, lambda t: t.zero_()),
                 real(ptr, lambda t: t.copy_(torch.full(t.shape, vocab).index_fill_(0, torch.tensor([0]), 0))),
@@ -432,7 +429,6 @@ def materialise(call):
             real(cu, lambda t: t.copy_(torch.linspace(0, total, cu.numel()).round().int()))), kw
 
 ops = {"beam_step": (beam_step_triton, beam_step_torch),
-       "trie_log_softmax": (trie_log_softmax_triton, trie_log_softmax_torch),
        "decode_attention": (decode_attention_triton, decode_attention_torch),
        "prefill_attention": (prefill_attention_triton, prefill_attention_torch)}
 sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -443,9 +439,9 @@ for call in calls("tiny", arch, Coverage(dtypes=("float32",), batch_sizes=(1, 3)
     args, kw = materialise(call)
     triton_fn, torch_fn = ops[call.op]
     got, ref = triton_fn(*args, **kw), torch_fn(*args, **kw)
-    if call.op == "beam_step":
-        torch.testing.assert_close(got.scores, ref.scores, atol=1e-4, rtol=1e-4)
-        assert torch.equal(got.token, ref.token) and torch.equal(got.parent, ref.parent)
+    if call.op == "beam_step":  # the Triton wrapper returns (scores, parent, token, child, logp)
+        torch.testing.assert_close(got[0], ref.scores, atol=1e-4, rtol=1e-4)
+        assert torch.equal(got[2], ref.token) and torch.equal(got[1], ref.parent)
     else:
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
     checked += 1

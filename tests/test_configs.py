@@ -75,12 +75,12 @@ def test_beams_normalised_to_tuple(beams, expected):
 
 @pytest.mark.parametrize(("beams", "levels", "schedule"), [((8,), 3, (8, 8, 8)), ((8,), 1, (8,)), ((2, 4, 9), 3, (2, 4, 9))])
 def test_beam_schedule(beams, levels, schedule):
-    assert DecodeConfig(beams=beams).beam_schedule(levels) == schedule
+    assert DecodeConfig(beams=beams).spec().beam_schedule(levels) == schedule
 
 
 @pytest.mark.parametrize(("beams", "levels"), [((4, 8), 3), ((4, 8, 16), 2), ((1, 2, 3, 4), 1)])
 def test_beam_schedule_wrong_length(beams, levels):
-    _raises_config("beams", f"1 or {levels}", lambda: DecodeConfig(beams=beams).beam_schedule(levels))
+    _raises_config("beams", f"1 or {levels}", lambda: DecodeConfig(beams=beams).spec().beam_schedule(levels))
 
 
 # -- ModelConfig and its sub-configs -----------------------------------------------------------
@@ -167,7 +167,7 @@ def test_model_config_from_dict_validates_values():
 
 def test_generate_num_slots_above_max_slots():
     from ega_infer import Engine, Request
-    from ega_infer.demo import synthetic_catalog
+    from ega_infer.testing import synthetic_catalog
 
     engine = Engine.from_pretrained("tiny")
     engine.set_catalog(synthetic_catalog(engine.config, n_items=50))
@@ -180,7 +180,7 @@ def test_generate_num_slots_above_max_slots():
 
 def test_generate_beams_of_wrong_length():
     from ega_infer import Engine, Request
-    from ega_infer.demo import synthetic_catalog
+    from ega_infer.testing import synthetic_catalog
 
     engine = Engine.from_pretrained("tiny")
     engine.set_catalog(synthetic_catalog(engine.config, n_items=50))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ega_infer import DecodeConfig, Engine
-from ega_infer.demo import synthetic_catalog, synthetic_requests
-from ega_infer.serving.graphs import DecodeGraphs
+from ega_infer.testing import synthetic_catalog, synthetic_requests
+from ega_infer.runtime.graphs import DecodeGraphs
 
 
 def test_no_graphs_off_the_gpu():

@@ -1,4 +1,5 @@
-"""The trie built, refreshed and searched with torch ops (catalog/device_build.py) against _C.
+"""The trie built with torch ops (catalog/device_build.py, the Hugging Face engine's GPU build)
+against _C.
 
 Every array must equal ``_C.build_trie``'s bit for bit (signed zeros of max bids included). Runs
 on ``--device`` (default cpu; ``--device cuda`` on a GPU host).
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from ega_infer import _C
-from ega_infer.catalog.device_build import build_trie_device, lookup_items, refresh_bids_device
+from ega_infer.catalog.device_build import build_trie_device
 from ega_infer.catalog.trie import DeviceTrie, TrieArrays
 from ega_infer.exceptions import CatalogError
 
@@ -124,90 +125,6 @@ def test_build_trie_device_leaf_order_ads_by_bid_then_organic(device) -> None:
     assert got["node_ad_count"][0].tolist() == [4]
 
 
-@pytest.mark.parametrize(("n", "shape", "ads"), [
-    pytest.param(1, "3-levels", "all", id="n1"),
-    pytest.param(1000, "3-levels", "mixed", id="3-levels"),
-    pytest.param(1000, "2-levels", "all", id="2-levels-all-ads"),
-    pytest.param(1000, "2-levels", "none", id="2-levels-organic"),
-    pytest.param(500, "gr4ad-base", "mixed", id="gr4ad-base"),
-    pytest.param(500, "wide-fallback", "mixed", id="wide-fallback"),
-    pytest.param(0, "3-levels", "mixed", id="empty"),
-])
-def test_refresh_bids_device_matches_fresh_build(device, n: int, shape: str, ads: str) -> None:
-    sizes, distinct = SHAPES[shape]
-    codes, is_ad, bids = random_catalog(n, sizes, ads, seed=11 + n, distinct=distinct)
-    arrays = build_trie_device(*tensors(device, codes, is_ad, bids), sizes)
-    before = {k: [a.clone() for a in v] if isinstance(v, list) else v.clone() for k, v in arrays.items()}
-    rng = np.random.default_rng(n)
-    new = bids.copy()
-    changed = rng.choice(n, size=n // 3, replace=False) if n else np.zeros(0, np.int64)
-    # Raise some bids and lower others, onto values other rows hold (ties) and to both zeros.
-    new[changed] = bids[changed] + rng.choice(np.array([-3.0, -1.25, 0.5, 4.0], np.float32), size=len(changed))
-    new[changed[: len(changed) // 4]] = rng.choice(np.array([0.0, -0.0, 3.0], np.float32), size=len(changed) // 4)
-    got = refresh_bids_device(arrays, *tensors(device, is_ad, new))
-    want = _C.build_trie(codes, is_ad, new, sizes)
-    assert set(got) == {"leaf_items", "node_max_bid"}
-    assert_same_array(got["leaf_items"], want["leaf_items"], "leaf_items", device)
-    for level, (g, w) in enumerate(zip(got["node_max_bid"], want["node_max_bid"], strict=True)):
-        assert_same_array(g, w, f"node_max_bid[{level}]", device)
-    c_refresh = _C.refresh_bids(_C.build_trie(codes, is_ad, bids, sizes), is_ad, new, changed.astype(np.int64))
-    assert_same_array(got["leaf_items"], c_refresh["leaf_items"], "leaf_items vs _C.refresh_bids", device)
-    assert_same_trie({**arrays, **got}, want, device)
-    assert_same_trie(arrays, {k: [a.cpu().numpy() for a in v] if isinstance(v, list) else v.cpu().numpy()
-                              for k, v in before.items()}, device)  # the input is not modified
-
-
-def test_refresh_bids_device_takes_c_arrays(device) -> None:
-    codes, is_ad, bids = random_catalog(300, [4, 5, 3], "mixed", seed=5)
-    raw = _C.build_trie(codes, is_ad, bids, [4, 5, 3])
-    arrays = {k: [torch.from_numpy(a).to(device) for a in v] if isinstance(v, list) else torch.from_numpy(v).to(device)
-              for k, v in raw.items()}
-    new = bids[::-1].copy()
-    got = refresh_bids_device(arrays, *tensors(device, is_ad, new))
-    assert_same_trie({**arrays, **got}, _C.build_trie(codes, is_ad, new, [4, 5, 3]), device)
-
-
-@pytest.mark.parametrize("shape", ["3-levels", "2-levels", "size-1-codebooks", "gr4ad-base", "wide-fallback"])
-def test_lookup_items_finds_catalog_sids(device, shape: str) -> None:
-    sizes, distinct = SHAPES[shape]
-    codes, is_ad, bids = random_catalog(400, sizes, "mixed", seed=2, distinct=distinct)
-    trie = DeviceTrie.from_tensors(build_trie_device(*tensors(device, codes, is_ad, bids), sizes), sizes, device)
-    start, count = lookup_items(trie, torch.from_numpy(codes).to(device))
-    leaf_items = trie.leaf_items.cpu().numpy()
-    start, count = start.cpu().numpy(), count.cpu().numpy()
-    for i, row in enumerate(codes):
-        members = np.flatnonzero((codes == row).all(axis=1))
-        assert count[i] == len(members)
-        assert sorted(leaf_items[start[i]: start[i] + count[i]].tolist()) == members.tolist()
-
-
-@pytest.mark.parametrize("shape", ["3-levels", "2-levels", "gr4ad-base", "wide-fallback"])
-def test_lookup_items_absent_sids_are_empty(device, shape: str) -> None:
-    sizes, distinct = SHAPES[shape]
-    codes, is_ad, bids = random_catalog(60, sizes, "mixed", seed=6, distinct=distinct)
-    trie = DeviceTrie.from_tensors(build_trie_device(*tensors(device, codes, is_ad, bids), sizes), sizes, device)
-    rng = np.random.default_rng(7)
-    probes = np.stack([rng.integers(0, k, size=500) for k in sizes], axis=1)
-    probes = probes[~(probes[:, None, :] == codes[None]).all(axis=2).any(axis=1)]
-    # Codes just outside a codebook must not alias a neighbouring parent's children.
-    outside = codes[:4].astype(np.int64).copy()
-    outside[0, -1] = sizes[-1]
-    outside[1, 0] = -1
-    outside[2, -1] = -1
-    outside[3, 0] = sizes[0]
-    probes = np.concatenate([probes, outside])
-    start, count = lookup_items(trie, torch.from_numpy(probes).to(device))
-    assert count.tolist() == [0] * len(probes)
-    assert start.tolist() == [0] * len(probes)
-
-
-def test_lookup_items_empty_trie(device) -> None:
-    empty = build_trie_device(*tensors(device, np.zeros((0, 2), np.int32), np.zeros(0, bool), np.zeros(0, np.float32)), [3, 3])
-    trie = DeviceTrie.from_tensors(empty, (3, 3), device)
-    start, count = lookup_items(trie, torch.tensor([[0, 0], [2, 1]], device=device))
-    assert count.tolist() == [0, 0] and start.tolist() == [0, 0]
-
-
 @pytest.mark.parametrize("shape", ["3-levels", "2-levels", "size-1-codebooks", "wide-fallback"])
 def test_from_tensors_equals_device_trie(device, shape: str) -> None:
     sizes, distinct = SHAPES[shape]
@@ -215,7 +132,8 @@ def test_from_tensors_equals_device_trie(device, shape: str) -> None:
     want = DeviceTrie(TrieArrays.build(codes, is_ad, bids, tuple(sizes)), tuple(sizes), device)
     got = DeviceTrie.from_tensors(build_trie_device(*tensors(device, codes, is_ad, bids), sizes), tuple(sizes), device)
     assert got.device == want.device and got.levels == want.levels and got.codebook_sizes == want.codebook_sizes
-    for name in ("child_ptr", "node_code", "node_max_bid", "node_ad_count", "child_key",
+    assert (got.max_children, got.max_leaf_items, got.level_nodes) == (want.max_children, want.max_leaf_items, want.level_nodes)
+    for name in ("child_ptr", "node_code", "node_max_bid", "node_ad_count",
                  "leaf_ptr", "leaf_items", "item_nodes"):
         g, w = getattr(got, name), getattr(want, name)
         for a, b in zip(g, w, strict=True) if isinstance(w, list) else [(g, w)]:
@@ -251,7 +169,7 @@ def test_build_trie_device_rejects_bad_input(device, mutate, message: str) -> No
 
 
 def test_host_syncs_on_cuda(device) -> None:
-    """build syncs once (the node counts), refresh and lookup never (CUDA's sync debug mode)."""
+    """build syncs once (the node counts), from_tensors once (the widths; CUDA's sync debug mode)."""
     if device.type != "cuda":
         pytest.skip("host synchronisation is only observable on a CUDA device (run with --device cuda)")
     import warnings
@@ -259,9 +177,7 @@ def test_host_syncs_on_cuda(device) -> None:
     sizes = [16384, 4096, 1024]
     codes, is_ad, bids = tensors(device, *random_catalog(5000, sizes, "mixed", seed=9, distinct=50))
     arrays = build_trie_device(codes, is_ad, bids, sizes)  # warm up allocator and kernels
-    trie = DeviceTrie.from_tensors(arrays, sizes, device)
-    refresh_bids_device(arrays, is_ad, bids.flip(0))
-    lookup_items(trie, codes[:64])
+    DeviceTrie.from_tensors(arrays, sizes, device)
     torch.cuda.synchronize(device)
 
     def syncs(fn) -> int:
@@ -276,6 +192,4 @@ def test_host_syncs_on_cuda(device) -> None:
         return sum("synchroniz" in str(w.message) for w in caught)
 
     assert syncs(lambda: build_trie_device(codes, is_ad, bids, sizes)) == 1
-    assert syncs(lambda: refresh_bids_device(arrays, is_ad, bids.flip(0))) == 0
-    assert syncs(lambda: DeviceTrie.from_tensors(arrays, sizes, device)) == 0
-    assert syncs(lambda: lookup_items(trie, codes[:64])) == 0
+    assert syncs(lambda: DeviceTrie.from_tensors(arrays, sizes, device)) == 1

@@ -2,6 +2,7 @@
 cascade baseline."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from ega_infer.auction import ex_post_regret
 from ega_infer.auction.lists import list_vcg_prices, selection_mechanism
 from ega_infer.evaluation import cascade_slates, redecode_regret
 from ega_infer.model import GenerativeAdModel
-from ega_infer.post import network_pricing
+from ega_infer.post import network_prices
 from ega_infer.presets import get_preset
 from ega_infer.world import AdWorld, WorldConfig
 
@@ -40,8 +41,8 @@ def test_untrained_payment_network_prices_at_the_clarke_threshold():
     config = get_preset("tiny").model
     model = GenerativeAdModel.from_config(config, seed=3)
     lists = _with_network_inputs(_random_lists(n=48, k=3, seed=5), config.reward.d_model)
-    winner = lists.winner()
-    network = network_pricing(model.payment)
+    winner = lists.winner
+    network = functools.partial(network_prices, model.payment)
     bids = lists.at(lists.bids, winner)
     torch.testing.assert_close(network(lists, winner), list_vcg_prices(lists, winner), rtol=0, atol=2e-4 * float(bids.max()))
     regret = ex_post_regret(selection_mechanism(lists, network), bids, lists.at(lists.is_ad, winner), ascent_steps=0)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ega_infer import Engine
-from ega_infer.demo import synthetic_catalog, synthetic_requests
+from ega_infer.testing import synthetic_catalog, synthetic_requests
 from ega_infer.model.fp8 import FP8Linear, fp8_matmul_supported, quantize_fp8
 
 

@@ -1,5 +1,5 @@
 """No host synchronisation between the encoder and the payments: the stage ``Engine`` captures in
-one CUDA graph (``serving/graphs.py``) must not read a device value on the host, produce a
+one CUDA graph (``runtime/graphs.py``) must not read a device value on the host, produce a
 data-dependent shape or copy host data to the device, or capture fails on the GPU.
 
 On the CPU, ``HostSyncGuard`` (a dispatch mode) records every aten call that would do so on a
@@ -18,7 +18,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from ega_infer import DecodeConfig, Engine
-from ega_infer.demo import synthetic_catalog, synthetic_requests
+import ega_infer.engine as engine_module
+from ega_infer.testing import synthetic_catalog, synthetic_requests
 
 aten = torch.ops.aten
 _SYNCS = {
@@ -125,13 +126,13 @@ def test_decode_to_payments_never_synchronises(device, kernel_backend, mode, mon
     if mode == "candidates":
         config = dataclasses.replace(config, mode="candidates", max_ads=None, min_gap=0, beams=(4, 8, 8))
     guard = HostSyncGuard()
-    stage = Engine._after_encode
+    stage = engine_module.decode_to_payments
 
-    def watched(self, *args, **kwargs):
+    def watched(*args, **kwargs):
         with guard:
-            return stage(self, *args, **kwargs)
+            return stage(*args, **kwargs)
 
-    monkeypatch.setattr(Engine, "_after_encode", watched)
+    monkeypatch.setattr(engine_module, "decode_to_payments", watched)
     slates = engine.generate(synthetic_requests(engine.catalog, engine.config, n=3, seed=4), config)
     assert all(s.ok for s in slates) and any(s.slots for s in slates)
     assert guard.found == []
@@ -148,7 +149,7 @@ def test_encoder_never_synchronises(device, kernel_backend):
     catalog = synthetic_catalog(engine.config, n_items=300, seed=3)
     prepared = [prepare_request(r, engine.config, catalog, True)
                 for r in synthetic_requests(catalog, engine.config, n=3, seed=4)]
-    history, _ = collate(prepared, device)
+    history, _ = collate(prepared, device, engine.config.encoder.max_history)
     with HostSyncGuard() as guard:
         engine.model.encoder(history, kernel_backend)
     assert guard.found == []
@@ -162,6 +163,7 @@ def test_decode_loop_never_synchronises_with_the_host(device, mode):
     if device.type != "cuda":
         pytest.skip("host synchronisation is a CUDA notion: needs --device=cuda and a GPU")
     from ega_infer.decoding import beam_search
+    from ega_infer.ops import resolve_backends
     from ega_infer.post import choose_creatives
     from ega_infer.request import collate, prepare_request
 
@@ -171,19 +173,18 @@ def test_decode_loop_never_synchronises_with_the_host(device, mode):
     config = DecodeConfig(mode=mode, beams=(4, 8, 8), num_slots=3, **({"max_ads": 2} if mode == "lists" else {}))
     prepared = [prepare_request(r, engine.config, catalog, mode == "lists")
                 for r in synthetic_requests(catalog, engine.config, n=3, seed=4)]
-    history, organic = collate(prepared, device)
-    memory, mask = engine.model.encoder(history, config.backend)
+    history, organic = collate(prepared, device, engine.config.encoder.max_history)
+    cfg = engine.config
+    backends = resolve_backends("auto", device, head_dim=cfg.d_model // cfg.decoder.n_heads,
+                                prefill_head_dim=cfg.d_model // cfg.encoder.n_heads,
+                                vocab=max(cfg.poi_codebook_sizes), beams=8)
+    memory, mask = engine.model.encoder(history, backends.prefill_attention)
     ctx = engine.model.decoder.context(memory, mask)
-    trie = catalog.device_trie(device)
-    is_ad = torch.tensor(catalog.is_ad, device=device)
-    tensors = engine._catalog_state(catalog)[1]
+    arrays = catalog.on_device(device)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        beams = beam_search(engine.model.decoder, ctx, trie, is_ad, config, organic)
-        if mode == "lists":
-            choose_creatives(engine.model, engine.model.creative.context(memory, mask), beams.items,
-                             beams.poi_codes, beams.hidden, tensors["creative_ptr"], tensors["creative_codes"],
-                             tensors["max_creatives"])
+        lists = beam_search(engine.model.decoder, ctx, arrays, config.spec(), backends, organic)
+        choose_creatives(engine.model, memory, mask, lists, arrays)
     finally:
         torch.cuda.set_sync_debug_mode("default")

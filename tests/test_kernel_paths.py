@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ega_infer import DecodeConfig, Engine
-from ega_infer.demo import synthetic_catalog, synthetic_requests
+from ega_infer.testing import synthetic_catalog, synthetic_requests
 from ega_infer.model.encoder import History, packed_layout
 
 from test_beam_search import _context, _model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ega_infer import CheckpointError, DecodeConfig, Engine, GenerativeAdModel, ModelConfig
-from ega_infer.demo import synthetic_catalog, synthetic_requests
+from ega_infer.testing import synthetic_catalog, synthetic_requests
 from ega_infer.presets import PRESETS
 
 CONFIG = DecodeConfig(mode="lists", beams=(4,), num_slots=4)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ega_infer.exceptions import BackendUnavailableError, FieldError
-from ega_infer.ops.prefill_attention import prefill_attention, prefill_attention_torch
+from ega_infer.ops import prefill_attention, prefill_attention_torch
 
 # (sequence lengths, Hq, Hkv, D)
 CASES = [
@@ -190,22 +190,20 @@ def test_check_seqlens_false_skips_only_the_value_check(monkeypatch) -> None:
     assert reads == [1]  # the default reads cu_seqlens once
 
 
-def test_auto_with_cuda_module_picks_triton(monkeypatch) -> None:
-    # resolve_backend answers "cuda" for "auto" where ega_infer._cuda is built; this op has no
-    # CUDA kernel, so it takes Triton (here: torch, as if triton were missing).
-    import importlib
+def test_no_cuda_implementation_in_the_capability_table() -> None:
+    # "auto" never picks a CUDA C++ kernel for this op (the resolver reads the table); an engine
+    # asked for "cuda" runs the op's own auto choice (Triton on a GPU).
+    from ega_infer.ops import resolve_backends
+    from ega_infer.ops.prefill_attention import CAPABILITIES
 
-    module = importlib.import_module("ega_infer.ops.prefill_attention")  # the package exports a function of that name
-
-    case = make_case([3, 5], 2, 1, 16, device=torch.device("cpu"))
-    monkeypatch.setattr(module, "resolve_backend", lambda backend, device, op: "cuda")
-    monkeypatch.setattr(module, "triton_available", lambda: False)
-    assert torch.equal(call(case, True, backend="auto"), call(case, True, backend="torch"))
+    assert "cuda" not in CAPABILITIES.checks
+    assert CAPABILITIES.why_not("cuda") == "prefill_attention has no cuda implementation"
+    assert resolve_backends("torch", torch.device("cpu"), head_dim=16).prefill_attention == "torch"
 
 
 def test_cuda_backend_is_not_planned() -> None:
     case = make_case([3], 1, 1, 16, device=torch.device("cpu"))
-    with pytest.raises(BackendUnavailableError, match="no CUDA backend; use triton"):
+    with pytest.raises(BackendUnavailableError, match="prefill_attention: backend 'cuda'"):
         call(case, causal=True, backend="cuda")
 
 
@@ -280,11 +278,13 @@ def test_triton_rejects_bad_blocks() -> None:
 
 def test_triton_rejects_huge_head_dim() -> None:
     pytest.importorskip("triton", reason="the triton package is not installed")
-    from ega_infer.kernels.prefill_attention import MAX_HEAD_DIM, prefill_attention_triton
+    from ega_infer.kernels.limits import ATTENTION_TRITON_MAX_HEAD_DIM
 
-    case = make_case([2], 1, 1, MAX_HEAD_DIM + 8, device=torch.device("cpu"))
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    case = make_case([2], 1, 1, ATTENTION_TRITON_MAX_HEAD_DIM + 8, device=torch.device("cpu"))
     with pytest.raises(BackendUnavailableError, match="head dims up to"):
-        prefill_attention_triton(case["q"], case["k"], case["v"], case["cu_seqlens"], causal=True)
+        call(case, True, backend="triton")
 
 
 # --- compiled on a GPU ------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 import pytest
 
 from ega_infer import DecodeConfig, Engine
-from ega_infer.demo import synthetic_catalog, synthetic_requests
+from ega_infer.testing import synthetic_catalog, synthetic_requests
 from ega_infer.exceptions import ConfigError
-from ega_infer.serving import BeamController
+from ega_infer.runtime import BeamController
 
 WIDE, MID, NARROW = (8, 16, 16), (4, 8, 8), (2, 4, 4)
 

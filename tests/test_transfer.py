@@ -1,4 +1,4 @@
-"""A batch crosses the host-device boundary twice (``serving/transfer.py``): the packed
+"""A batch crosses the host-device boundary twice (``runtime/transfer.py``): the packed
 copies return exactly what field-by-field copies return, and on a GPU a served batch makes one
 host-to-device and one device-to-host copy."""
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ega_infer import Engine
-from ega_infer.demo import synthetic_catalog, synthetic_requests
-from ega_infer.serving.transfer import fetch_packed, to_device, to_host
+from ega_infer.testing import synthetic_catalog, synthetic_requests
+from ega_infer.runtime.transfer import fetch_packed, to_device, to_host
 
 
 def test_to_device_returns_each_array_with_its_shape(device):

@@ -1,70 +1,115 @@
-"""GSP and VCG prices for the list the reward model picks among the beam lists.
+"""The candidate lists of a batch, and GSP and VCG prices for the list the reward model picks.
 
-Selecting the list with the highest ``welfare = sum_ads bid * pCTR + base`` (``base`` is the
-bid-free part of the list score) among a fixed set of candidate lists is a maximal-in-range
-allocation, so Clarke payments over that range are truthful for the selection stage:
+``CandidateLists`` is the one container of the stages after decoding: decoding fills the lists
+(items, their ad flags and bids, the decoder state each slot came from, the beams), the creative
+stage ``creative_rows``, the reward model ``probs`` and ``slot_repr``, selection ``list_scores`` and
+``winner``, pricing ``payment``. The list score (``welfare``) is defined once, here.
 
-* VCG: ``p_i * pCTR_i = max_L W_-i(L) - W_-i(L*)`` with ``W_-i`` the welfare without ad i's own
-  term, ``L*`` the winner;
+Selecting the list with the highest ``welfare = revenue * sum_ads bid * pCTR + (bid-free terms)``
+among a fixed set of candidate lists is a maximal-in-range allocation, so Clarke payments over
+that range are truthful for the selection stage:
+
+* VCG: ``p_i * revenue * pCTR_i = max_L W_-i(L) - W_-i(L*)`` with ``W_-i`` the welfare without ad
+  i's own term, ``L*`` the winner;
 * GSP: the winner's ads ranked by ``bid * pCTR``; each pays the next ad's score over its own
   pCTR, the last one the best score of an ad that only other lists hold.
 
-Both are capped at the bid. Tensors: lists ``[N, L, K]`` (bids, pctr, is_ad, items with -1 for
-an empty slot), ``alive [N, L]``, ``base [N, L]``, ``winner [N]``; prices of the winner's slots
-``[N, K]``.
+Both are capped at the bid. Shapes: lists ``[N, L, K]``, ``alive [N, L]``, ``winner [N]``; prices
+of the winner's slots ``[N, K]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+from ..decoding.config import ListScore
 
 __all__ = ["CandidateLists", "list_gsp_prices", "list_vcg_prices", "selection_mechanism"]
 
 
 @dataclass
 class CandidateLists:
-    """``revenue_weight`` scales the bid term of the welfare (the list score's revenue weight);
-    ``slot_repr`` and ``log_alloc`` are carried along for pricing by the payment network."""
+    """``N`` requests x ``L`` lists x ``K`` slots; ``None`` until the stage that fills it ran.
 
-    bids: torch.Tensor
-    pctr: torch.Tensor
-    is_ad: torch.Tensor
+    Decoding: ``items`` catalog rows (-1 = empty slot), ``is_ad`` and ``bids`` of the placed
+    items (False / 0 elsewhere), ``alive [N, L]``, ``log_alloc`` (log of each slot's bid-weighted
+    allocation probability), ``poi_codes [.., C]`` and ``hidden [.., d]`` (the decoder state that
+    emitted each slot, for the creative head), the raw beams ``beam_items [N, B, K]`` and
+    ``beam_scores [N, B]`` (``-inf``: dead). Creatives: ``creative_rows`` (-1 = none). Reward
+    model: ``probs [.., 3]`` (pCTR of the POI, pCTR of the creative, pCVR), ``slot_repr
+    [.., d_r]``. Selection: ``list_scores [N, L]`` (``welfare()``), ``winner [N]``. Pricing:
+    ``payment [N, K]`` per click for the winner's slots. ``weights`` is the list score.
+    """
+
     items: torch.Tensor
+    is_ad: torch.Tensor
+    bids: torch.Tensor
     alive: torch.Tensor
-    base: torch.Tensor
-    revenue_weight: float = 1.0
-    slot_repr: torch.Tensor | None = None
+    weights: ListScore = dataclasses.field(default_factory=ListScore)
     log_alloc: torch.Tensor | None = None
+    poi_codes: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    beam_items: torch.Tensor | None = None
+    beam_scores: torch.Tensor | None = None
+    creative_rows: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+    slot_repr: torch.Tensor | None = None
+    list_scores: torch.Tensor | None = None
+    winner: torch.Tensor | None = None
+    payment: torch.Tensor | None = None
+
+    @property
+    def pctr(self) -> torch.Tensor:
+        return self.probs[..., 0]
 
     def ad_value(self) -> torch.Tensor:
+        """``bid * pCTR`` of each placed ad, 0 elsewhere."""
         return torch.where(self.is_ad, self.bids * self.pctr, 0.0)
 
     def welfare(self) -> torch.Tensor:
-        return torch.where(self.alive, self.revenue_weight * self.ad_value().sum(-1) + self.base, float("-inf"))
+        """The list score ``[N, L]`` (``-inf`` for dead lists), in float64: a sum of up to K bids
+        near float32's max stays finite, and Clarke prices are differences of near-equal
+        welfares."""
+        w = self.weights
+        p = self.probs.double()
+        value = torch.where(self.is_ad, self.bids.double() * p[..., 0], 0.0)
+        score = (w.revenue * value.sum(-1) + w.ctr * p[..., 0].sum(-1) + w.creative_ctr * p[..., 1].sum(-1)
+                 + w.cvr * p[..., 2].sum(-1))
+        return torch.where(self.alive, score, float("-inf"))
 
-    def winner(self) -> torch.Tensor:
-        return self.welfare().argmax(-1)
+    def select(self) -> CandidateLists:
+        """Fill ``list_scores`` and ``winner`` (the best-scoring list of each request)."""
+        self.list_scores = self.welfare()
+        self.winner = self.list_scores.argmax(-1)
+        return self
 
     def at(self, t: torch.Tensor, winner: torch.Tensor) -> torch.Tensor:
         """``t[n, winner[n]]`` for ``t [N, L, ...]``: one gather (no index tensor to build)."""
         index = winner.reshape(-1, 1, *([1] * (t.dim() - 2))).expand(-1, 1, *t.shape[2:])
         return t.gather(1, index).squeeze(1)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every filled tensor field by name (what a CUDA graph outputs, what a batch copies)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)}
+
     def take(self, rows: torch.Tensor) -> CandidateLists:
         """The lists of requests ``rows``."""
-        def pick(t):
-            return None if t is None else t[rows]
+        return dataclasses.replace(self, **{name: t[rows] for name, t in self.tensors().items()})
 
-        return CandidateLists(
-            pick(self.bids), pick(self.pctr), pick(self.is_ad), pick(self.items), pick(self.alive),
-            pick(self.base), self.revenue_weight, pick(self.slot_repr), pick(self.log_alloc),
-        )
+    @classmethod
+    def cat(cls, parts: list[CandidateLists]) -> CandidateLists:
+        """The requests of ``parts`` (same L, K and weights) one after another."""
+        fields = parts[0].tensors()
+        return dataclasses.replace(parts[0], **{name: torch.cat([getattr(p, name) for p in parts]) for name in fields})
 
 
 def list_vcg_prices(lists: CandidateLists, winner: torch.Tensor) -> torch.Tensor:
-    value = lists.revenue_weight * lists.ad_value()  # [N, L, K]
+    revenue = lists.weights.revenue
+    value = revenue * torch.where(lists.is_ad, lists.bids.double() * lists.pctr.double(), 0.0)  # [N, L, K]
     welfare = lists.welfare()  # [N, L]
     won_items = lists.at(lists.items, winner)  # [N, K]
     won_ad = lists.at(lists.is_ad, winner)
@@ -74,19 +119,20 @@ def list_vcg_prices(lists: CandidateLists, winner: torch.Tensor) -> torch.Tensor
     others = welfare[..., None] - own  # W_-k(L)
     best = others.max(1).values  # [N, K]
     chosen = lists.at(others, winner)
-    pctr = lists.at(lists.pctr, winner)
-    scale = (lists.revenue_weight * pctr).clamp(min=1e-12)
-    price = ((best - chosen).clamp(min=0) / scale).minimum(lists.at(lists.bids, winner))
-    return torch.where(won_ad, price, 0.0)
+    pctr = lists.at(lists.pctr, winner).double()
+    scale = (revenue * pctr).clamp(min=1e-12)
+    bids = lists.at(lists.bids, winner)
+    price = ((best - chosen).clamp(min=0) / scale).minimum(bids.double())
+    return torch.where(won_ad, price, 0.0).to(bids.dtype)
 
 
 def list_gsp_prices(lists: CandidateLists, winner: torch.Tensor) -> torch.Tensor:
-    n, _, k = lists.items.shape
     won_items = lists.at(lists.items, winner)
     won_ad = lists.at(lists.is_ad, winner)
-    score = torch.where(won_ad, lists.at(lists.ad_value(), winner), float("-inf"))
+    ad_value = lists.ad_value()
+    score = torch.where(won_ad, lists.at(ad_value, winner), float("-inf"))
     held = (lists.items[:, :, :, None] == won_items[:, None, None, :]).any(-1)  # [N, L, K]
-    outside = torch.where(lists.is_ad & ~held & lists.alive[..., None], lists.ad_value(), 0.0)
+    outside = torch.where(lists.is_ad & ~held & lists.alive[..., None], ad_value, 0.0)
     runner_up = outside.flatten(1).max(1).values  # [N]
     order = torch.sort(score, dim=1, descending=True, stable=True).indices
     ranked = score.gather(1, order)
@@ -103,21 +149,21 @@ def selection_mechanism(lists: CandidateLists, pricing):
     those K bidders): each profile rewrites the bidders' bids in every list holding them,
     re-selects the winner and prices it with ``pricing(lists, winner)``. A bidder whose item is
     not in the new winner gets no click."""
-    truthful_winner = lists.winner()
+    truthful_winner = lists.welfare().argmax(-1)
     bidder_items = lists.at(lists.items, truthful_winner)  # [N, K]
     holds = (lists.items[..., None] == bidder_items[:, None, None, :]) & (bidder_items[:, None, None, :] >= 0)  # [N,L,K,K]
+    priced = ("items", "is_ad", "alive", "probs", "slot_repr", "log_alloc")
 
     def mechanism(bids: torch.Tensor):
         b = bids.shape[0]
         rewritten = torch.where(holds.any(-1), (holds * bids[:, :, None, None, :]).sum(-1), lists.bids)  # [B,N,L,K]
+
         def tile(t):
             return None if t is None else t.expand(b, *t.shape).flatten(0, 1)
 
-        flat = CandidateLists(
-            rewritten.flatten(0, 1), tile(lists.pctr), tile(lists.is_ad), tile(lists.items), tile(lists.alive),
-            tile(lists.base), lists.revenue_weight, tile(lists.slot_repr), tile(lists.log_alloc),
-        )
-        winner = flat.winner()
+        flat = CandidateLists(bids=rewritten.flatten(0, 1), weights=lists.weights,
+                              **{name: tile(getattr(lists, name)) for name in priced})
+        winner = flat.welfare().argmax(-1)
         price = pricing(flat, winner)  # [B*N, K] by the new winner's slots
         items = flat.at(flat.items, winner)
         ctr = flat.at(flat.pctr, winner)

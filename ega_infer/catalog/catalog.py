@@ -15,8 +15,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..exceptions import CatalogError, CatalogFileError, CheckpointError, EgaInferError
-from .trie import DeviceTrie, TrieArrays
+from ..exceptions import CatalogError, CatalogFileError, CheckpointError, EgaInferError, show_value
+from .device import DeviceCatalog
+from .trie import TrieArrays
 
 __all__ = ["Catalog", "Item", "Creative", "MAX_LEVELS", "MAX_CODEBOOK_SIZE", "MAX_ITEMS"]
 
@@ -56,15 +57,15 @@ class Item:
         object.__setattr__(self, "item_id", _scalar_id("item_id", self.item_id))
         object.__setattr__(self, "poi_codes", _code_tuple("poi_codes", self.poi_codes))
         if not _is_flag(self.is_ad):
-            raise CatalogError("is_ad", f"is {_show(self.is_ad)} (a {type(self.is_ad).__name__})", "a boolean (True/False, or 0/1)")
+            raise CatalogError("is_ad", f"is {show_value(self.is_ad)} (a {type(self.is_ad).__name__})", "a boolean (True/False, or 0/1)")
         object.__setattr__(self, "is_ad", bool(self.is_ad))
         object.__setattr__(self, "bid", _scalar_bid("bid", self.bid))
         creatives = self.creatives
         if not isinstance(creatives, (list, tuple)):
-            raise CatalogError("creatives", f"is {_show(creatives)} (a {type(creatives).__name__})", "a tuple of Creative")
+            raise CatalogError("creatives", f"is {show_value(creatives)} (a {type(creatives).__name__})", "a tuple of Creative")
         for j, creative in enumerate(creatives):
             if not isinstance(creative, Creative):
-                raise CatalogError(f"creatives[{j}]", f"is {_show(creative)} (a {type(creative).__name__})", "a Creative")
+                raise CatalogError(f"creatives[{j}]", f"is {show_value(creative)} (a {type(creative).__name__})", "a Creative")
         object.__setattr__(self, "creatives", tuple(creatives))
 
 
@@ -110,7 +111,7 @@ class Catalog:
             sorted_ids = self.item_ids[id_order]
         self._id_order = _frozen(id_order)
         self._sorted_ids = _frozen(sorted_ids)
-        self._device_cache: dict[torch.device, DeviceTrie] = {}
+        self._device_cache: dict[torch.device, DeviceCatalog] = {}
         self._lock = threading.Lock()
 
     # -- construction ------------------------------------------------------------------------
@@ -212,11 +213,11 @@ class Catalog:
         sizes = _sizes("codebook_sizes", codebook_sizes)
         creative_sizes = _sizes("creative_codebook_sizes", creative_codebook_sizes)
         if not isinstance(items, (list, tuple)):
-            raise CatalogError("items", f"is {_show(items)} (a {type(items).__name__})", "a list of Item")
+            raise CatalogError("items", f"is {show_value(items)} (a {type(items).__name__})", "a list of Item")
         levels = len(sizes)
         for i, item in enumerate(items):
             if not isinstance(item, Item):
-                raise CatalogError(f"items[{i}]", f"is {_show(item)} (a {type(item).__name__})", "an Item")
+                raise CatalogError(f"items[{i}]", f"is {show_value(item)} (a {type(item).__name__})", "an Item")
             if len(item.poi_codes) != levels:
                 raise CatalogError(f"items[{i}].poi_codes", f"has {len(item.poi_codes)} levels", f"{levels}")
         creatives = [(item.item_id, c.creative_id, tuple(c.codes)) for item in items for c in item.creatives]
@@ -255,7 +256,7 @@ class Catalog:
     def item(self, index: int) -> Item:
         """The item of row ``index`` (an integer in ``[0, len(self))``)."""
         if not _is_int(index) or not 0 <= index < len(self):
-            raise CatalogError("index", f"is {_show(index)}", f"a row in [0, {len(self)})")
+            raise CatalogError("index", f"is {show_value(index)}", f"a row in [0, {len(self)})")
         lo, hi = self.creative_ptr[index], self.creative_ptr[index + 1]
         return Item(
             int(self.item_ids[index]), tuple(int(c) for c in self.poi_codes[index]), bool(self.is_ad[index]),
@@ -263,15 +264,15 @@ class Catalog:
             tuple(Creative(int(self.creative_ids[j]), tuple(int(c) for c in self.creative_codes[j])) for j in range(lo, hi)),
         )
 
-    def device_trie(self, device: torch.device | str) -> DeviceTrie:
-        """The trie as tensors on ``device``, built once per catalog and device."""
+    def on_device(self, device: torch.device | str) -> DeviceCatalog:
+        """The catalog's arrays and trie as tensors on ``device``, built once per catalog and
+        device (thread-safe)."""
         device = torch.device(device)
         with self._lock:
-            trie = self._device_cache.get(device)
-            if trie is None:
-                trie = DeviceTrie(self.trie, self.codebook_sizes, device)
-                self._device_cache[device] = trie
-            return trie
+            arrays = self._device_cache.get(device)
+            if arrays is None:
+                arrays = self._device_cache[device] = DeviceCatalog.build(self, device)
+            return arrays
 
     # -- updates (each returns a new catalog) -----------------------------------------------
     def with_bids(self, item_ids: Sequence[int] | np.ndarray, bids: Sequence[float] | np.ndarray) -> Catalog:
@@ -413,17 +414,6 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _show(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters; safe on any input (a huge int included)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of {value.bit_length()} bits"
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real error
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _is_int(v: object) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
@@ -454,17 +444,17 @@ def _first_bad(values: object, ok, depth: int) -> tuple[str, str] | None:
     for i, v in enumerate(values):
         if depth == 1:
             if not ok(v):
-                return f"[{i}]", f"is {_show(v)} (a {type(v).__name__})"
+                return f"[{i}]", f"is {show_value(v)} (a {type(v).__name__})"
             continue
         if not isinstance(v, (list, tuple, np.ndarray)) or (isinstance(v, np.ndarray) and v.ndim != 1):
-            return f"[{i}]", f"is {_show(v)} (a {type(v).__name__}), not a row"
+            return f"[{i}]", f"is {show_value(v)} (a {type(v).__name__}), not a row"
         if width is None:
             width = len(v)
         elif len(v) != width:
             return f"[{i}]", f"has {len(v)} entries where row 0 has {width} (a ragged nesting)"
         for j, x in enumerate(v):
             if not ok(x):
-                return f"[{i}, {j}]", f"is {_show(x)} (a {type(x).__name__})"
+                return f"[{i}, {j}]", f"is {show_value(x)} (a {type(x).__name__})"
     return None
 
 
@@ -507,7 +497,7 @@ def _array(name: str, values: object, depth: int, expected: str, kinds: str) -> 
     Empty arrays of a numeric dtype are let through, whatever their kind (``[]`` is float64)."""
     type_ok, value_ok = _ELEMENTS[kinds]
     if values is None or isinstance(values, (str, bytes, dict, set, frozenset)):
-        raise CatalogError(name, f"is {_show(values)} (a {type(values).__name__})", expected)
+        raise CatalogError(name, f"is {show_value(values)} (a {type(values).__name__})", expected)
     if isinstance(values, (list, tuple)) and not all(map(type_ok, _element_types(values, depth))):
         bad = _first_bad(values, value_ok, depth)
         if bad is not None:
@@ -518,7 +508,7 @@ def _array(name: str, values: object, depth: int, expected: str, kinds: str) -> 
         bad = _first_bad(values, value_ok, depth)
         if bad is not None:
             raise CatalogError(name + bad[0], bad[1], expected) from None
-        raise CatalogError(name, f"is not a rectangular array ({type(exc).__name__}: {_show(str(exc), 120)})", expected) from None
+        raise CatalogError(name, f"is not a rectangular array ({type(exc).__name__}: {show_value(str(exc), 120)})", expected) from None
     if a.dtype.kind == "O" and kinds == "iuf" and isinstance(values, (list, tuple)):
         try:  # Python ints past int64 among the numbers: numbers still, if float64 holds them
             a = np.asarray(values, dtype=np.float64)
@@ -548,14 +538,14 @@ def _sizes(name: str, sizes: object) -> tuple[int, ...]:
             raise CatalogError(name, f"has shape {sizes.shape}", expected)
         sizes = sizes.tolist()
     elif isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
-        raise CatalogError(name, f"is {_show(sizes)} (a {type(sizes).__name__})", expected)
+        raise CatalogError(name, f"is {show_value(sizes)} (a {type(sizes).__name__})", expected)
     if not 1 <= len(sizes) <= MAX_LEVELS:
         raise CatalogError(name, f"has {len(sizes)} levels", expected)
     for level, size in enumerate(sizes):
         if not _is_int(size):
-            raise CatalogError(f"{name}[{level}]", f"is {_show(size)} (a {type(size).__name__})", f"an integer in [1, {MAX_CODEBOOK_SIZE}]")
+            raise CatalogError(f"{name}[{level}]", f"is {show_value(size)} (a {type(size).__name__})", f"an integer in [1, {MAX_CODEBOOK_SIZE}]")
         if not 1 <= size <= MAX_CODEBOOK_SIZE:
-            raise CatalogError(f"{name}[{level}]", f"= {_show(int(size))} is out of range", f"a codebook size in [1, {MAX_CODEBOOK_SIZE}]")
+            raise CatalogError(f"{name}[{level}]", f"= {show_value(int(size))} is out of range", f"a codebook size in [1, {MAX_CODEBOOK_SIZE}]")
     return tuple(int(s) for s in sizes)
 
 
@@ -634,11 +624,11 @@ def _bids(values, n: int, name: str = "bids") -> np.ndarray:
 def _scalar_bid(name: str, value: object) -> float:
     """One bid, by the rules of ``_bids``."""
     if not _is_real(value):
-        raise CatalogError(name, f"is {_show(value)} (a {type(value).__name__})", "a finite number >= 0")
+        raise CatalogError(name, f"is {show_value(value)} (a {type(value).__name__})", "a finite number >= 0")
     try:
         wide = float(value)
     except OverflowError:  # an int past float64's range
-        raise CatalogError(name, f"= {_show(value)}", "a finite number >= 0") from None
+        raise CatalogError(name, f"= {show_value(value)}", "a finite number >= 0") from None
     if not np.isfinite(wide) or wide < 0:
         raise CatalogError(name, f"= {wide}", "a finite number >= 0")
     with np.errstate(over="ignore"):
@@ -682,7 +672,7 @@ def _known(name: str, ids: np.ndarray, rows: np.ndarray) -> None:
 
 def _scalar_id(name: str, value: object) -> int:
     if not _is_int(value) or not np.iinfo(np.int64).min <= value <= np.iinfo(np.int64).max:
-        raise CatalogError(name, f"is {_show(value)} (a {type(value).__name__})", "an integer that fits int64")
+        raise CatalogError(name, f"is {show_value(value)} (a {type(value).__name__})", "an integer that fits int64")
     return int(value)
 
 
@@ -695,14 +685,14 @@ def _code_tuple(name: str, codes: object) -> tuple[int, ...]:
             raise CatalogError(name, f"has shape {codes.shape}", expected)
         codes = codes.tolist()
     elif not isinstance(codes, (list, tuple)):
-        raise CatalogError(name, f"is {_show(codes)} (a {type(codes).__name__})", expected)
+        raise CatalogError(name, f"is {show_value(codes)} (a {type(codes).__name__})", expected)
     if not 1 <= len(codes) <= MAX_LEVELS:
         raise CatalogError(name, f"has {len(codes)} codes", expected)
     for level, code in enumerate(codes):
         if not _is_int(code):
-            raise CatalogError(f"{name}[{level}]", f"is {_show(code)} (a {type(code).__name__})", "an integer code")
+            raise CatalogError(f"{name}[{level}]", f"is {show_value(code)} (a {type(code).__name__})", "an integer code")
         if not 0 <= code < MAX_CODEBOOK_SIZE:
-            raise CatalogError(f"{name}[{level}]", f"= {_show(int(code))} is out of range", f"a code in [0, {MAX_CODEBOOK_SIZE})")
+            raise CatalogError(f"{name}[{level}]", f"= {show_value(int(code))} is out of range", f"a code in [0, {MAX_CODEBOOK_SIZE})")
     return tuple(int(c) for c in codes)
 
 
@@ -725,11 +715,11 @@ def _file_path(path: object, what: str) -> Path:
     import os
 
     if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
-        raise CatalogFileError("path", f"is {_show(path)} (a {type(path).__name__})", f"the path of {what} (a str or os.PathLike)")
+        raise CatalogFileError("path", f"is {show_value(path)} (a {type(path).__name__})", f"the path of {what} (a str or os.PathLike)")
     try:
         return Path(path)
     except TypeError as exc:  # an os.PathLike whose __fspath__ returns bytes or nonsense
-        raise CatalogFileError("path", f"is {_show(path)} ({exc})", f"the path of {what}") from None
+        raise CatalogFileError("path", f"is {show_value(path)} ({exc})", f"the path of {what}") from None
 
 
 def _not_catalog(path: Path, field: str, problem: str, expected: str | None = None) -> CatalogFileError:
@@ -753,7 +743,7 @@ def _read_catalog_file(path: Path) -> tuple[dict[str, np.ndarray], list[object]]
                 raise _not_catalog(path, extra[0], "is a tensor a catalog does not have", f"only the tensors {sorted(_FILE_TENSORS)}")
             fmt = meta.get("format")
             if fmt != FILE_FORMAT:
-                problem = "metadata key is missing" if fmt is None else f"metadata is {_show(fmt)}"
+                problem = "metadata key is missing" if fmt is None else f"metadata is {show_value(fmt)}"
                 raise _not_catalog(path, "format", problem, repr(FILE_FORMAT))
             sizes = []
             for key in _FILE_SIZES:
@@ -762,7 +752,7 @@ def _read_catalog_file(path: Path) -> tuple[dict[str, np.ndarray], list[object]]
                 try:
                     sizes.append(json.loads(meta[key]))
                 except (ValueError, RecursionError):
-                    raise _not_catalog(path, key, f"metadata is {_show(meta[key])}, not JSON", "a JSON list of codebook sizes") from None
+                    raise _not_catalog(path, key, f"metadata is {show_value(meta[key])}, not JSON", "a JSON list of codebook sizes") from None
             arrays = {}
             for name, (dtypes, ndim) in _FILE_TENSORS.items():
                 tensor = f.get_slice(name)

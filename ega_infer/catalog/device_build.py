@@ -1,4 +1,5 @@
-"""The catalog trie built, refreshed and searched on the catalog's device with batched torch ops.
+"""The catalog trie built on the catalog's device with batched torch ops (the Hugging Face
+engine's trie of a catalog already on the GPU).
 
 ``build_trie_device`` returns the arrays of ``ega_infer._C.build_trie`` (same keys, dtypes and
 values, see ``trie.py`` for the layout) as tensors on the device of its inputs:
@@ -13,8 +14,6 @@ values, see ``trie.py`` for the layout) as tensors on the device of its inputs:
 5. max bids: a leaf's is its first item's bid, and a depth's node takes the segment max
    (``scatter_reduce`` amax) of its children's, ties going to the first leaf as in ``_C``.
 
-``refresh_bids_device`` redoes steps 4 and 5 after bid changes (any, decreases included), and
-``lookup_items`` walks the trie of a ``DeviceTrie`` level by level with ``searchsorted``.
 There is no Python loop over items or nodes, only over the few levels.
 """
 
@@ -25,9 +24,8 @@ from typing import Sequence
 import torch
 
 from ..exceptions import CatalogError
-from .trie import DeviceTrie
 
-__all__ = ["build_trie_device", "refresh_bids_device", "lookup_items"]
+__all__ = ["build_trie_device"]
 
 _INT64_MIN = -(1 << 63)
 _LOW32 = 0xFFFFFFFF
@@ -151,106 +149,6 @@ def build_trie_device(
         "leaf_items": leaf_items,
         "item_nodes": item_nodes,
     }
-
-
-def refresh_bids_device(arrays: dict, is_ad: torch.Tensor, bids: torch.Tensor) -> dict:
-    """Leaf order and max bids of a built trie after any bid changes, as ``_C.refresh_bids``.
-
-    Everything bids decide is recomputed in O(N) batched ops: one stable sort of the rows by
-    ``(leaf, ads by bid descending, organic)`` and one segment max per depth. A full recompute
-    keeps bid decreases right (an incremental max cannot lower a node's max) and needs no list
-    of changed rows.
-
-    Parameters
-    ----------
-    arrays : the dict ``build_trie_device`` returned (or ``_C.build_trie``'s, as tensors on one
-        device); only ``child_ptr``, ``node_code``, ``leaf_ptr`` and ``item_nodes`` are read.
-    is_ad : bool tensor [N], the flags the trie was built with.
-    bids : float32 tensor [N], every row's new bid; finite (not checked: that would cost a
-        synchronisation; ``Catalog`` rejects non-finite bids on the host).
-
-    Returns
-    -------
-    dict ``{"leaf_items": int64 [N], "node_max_bid": [float32 [level_sizes[l+1]] per level]}``,
-    new tensors equal to a fresh build's on the new bids; ``arrays`` is not modified, and
-    ``{**arrays, **refreshed}`` is the refreshed trie. No host synchronisation.
-
-    Raises
-    ------
-    CatalogError (a ValueError) naming the bad field: wrong device, dtype, rank or length.
-    """
-    child_ptr = list(arrays["child_ptr"])
-    levels = len(child_ptr)
-    item_nodes = arrays["item_nodes"]
-    leaf_ptr = arrays["leaf_ptr"]
-    n = item_nodes.shape[0]
-    device = item_nodes.device
-    for name, t, dtype in (("is_ad", is_ad, torch.bool), ("bids", bids, torch.float32)):
-        _check_tensor(name, t, dtype, 1, device)
-        if t.shape[0] != n:
-            raise CatalogError(name, f"has {t.shape[0]} entries", f"{n} (one per trie item)")
-    counts = [int(arrays["node_code"][level].shape[0]) for level in range(levels)]
-    if n == 0:
-        return {"leaf_items": torch.zeros(0, dtype=torch.long, device=device),
-                "node_max_bid": [torch.zeros(0, dtype=torch.float32, device=device) for _ in range(levels)]}
-    is_ad = is_ad.contiguous()
-    bids = bids.contiguous()
-    leaf_items = _leaf_order(item_nodes[:, -1], _bid_order_key(is_ad, bids))
-    node_max_bid = _max_bids(child_ptr, leaf_ptr, leaf_items, is_ad, bids, counts)
-    return {"leaf_items": leaf_items, "node_max_bid": node_max_bid}
-
-
-def lookup_items(trie: DeviceTrie, sids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each semantic ID's items lie in ``trie.leaf_items``: ``leaf_items[start : start + count]``.
-
-    The walk takes one ``searchsorted`` per level over ``trie.child_key`` (children sorted by
-    ``parent * codebook_size + code``). A SID that is not in the catalog, codes outside their
-    codebook included, gets ``start = 0, count = 0``. No host synchronisation.
-
-    Parameters
-    ----------
-    trie : a ``DeviceTrie``.
-    sids : integer tensor [M, C] on ``trie.device``.
-
-    Returns
-    -------
-    (start, count) : int64 tensors [M]; the items come in leaf order (ads by bid descending,
-    then organic items by row).
-
-    Raises
-    ------
-    CatalogError (a ValueError): ``sids`` of the wrong device, dtype or shape.
-    """
-    levels = trie.levels
-    if not isinstance(sids, torch.Tensor) or sids.dtype.is_floating_point or sids.dtype.is_complex \
-            or sids.dtype == torch.bool or sids.dim() != 2 or sids.shape[1] != levels:
-        got = f"a {type(sids).__name__}" if not isinstance(sids, torch.Tensor) else \
-            f"shape {tuple(sids.shape)} and dtype {sids.dtype}"
-        raise CatalogError("sids", f"has {got}", f"an integer tensor of shape (M, {levels})")
-    device = trie.leaf_ptr.device  # trie.device may be "cuda" where the tensors say "cuda:0"
-    if sids.device != device:
-        raise CatalogError("sids", f"is on {sids.device}", f"a tensor on the trie's device {device}")
-    m = sids.shape[0]
-    node = torch.zeros(m, dtype=torch.long, device=device)
-    found = torch.ones(m, dtype=torch.bool, device=device)
-    for level in range(levels):
-        keys = trie.child_key[level]
-        code = sids[:, level].long()
-        size = trie.codebook_sizes[level]
-        found &= (code >= 0) & (code < size)
-        if keys.numel() == 0:
-            found.zero_()
-            break
-        want = node * size + code
-        node = torch.searchsorted(keys, want).clamp_(max=keys.numel() - 1)
-        found &= keys.index_select(0, node) == want
-    node = torch.where(found, node, 0)
-    if trie.leaf_ptr.numel() < 2:
-        zero = torch.zeros(m, dtype=torch.long, device=device)
-        return zero, zero.clone()
-    start = trie.leaf_ptr.index_select(0, node)
-    count = trie.leaf_ptr.index_select(0, node + 1) - start
-    return torch.where(found, start, 0), torch.where(found, count, 0)
 
 
 # -- steps ------------------------------------------------------------------------------------

@@ -120,7 +120,6 @@ class DeviceTrie:
         self.leaf_ptr = t(trie.leaf_ptr).long()
         self.leaf_items = t(trie.leaf_items).long()
         self.item_nodes = t(trie.item_nodes).long()
-        self.child_key = self._child_keys()
         self._set_widths([int(np.diff(a).max(initial=0)) for a in trie.child_ptr], int(np.diff(trie.leaf_ptr).max(initial=0)))
 
     @classmethod
@@ -145,7 +144,6 @@ class DeviceTrie:
         self.leaf_ptr = t(arrays["leaf_ptr"], torch.long)
         self.leaf_items = t(arrays["leaf_items"], torch.long)
         self.item_nodes = t(arrays["item_nodes"], torch.long)
-        self.child_key = self._child_keys()
         counts = [torch.diff(p).max() if p.numel() > 1 else p.new_zeros(()) for p in self.child_ptr]
         leaf = torch.diff(self.leaf_ptr).max() if self.leaf_ptr.numel() > 1 else self.leaf_ptr.new_zeros(())
         widths = torch.stack(counts + [leaf]).tolist()  # the one host sync
@@ -155,17 +153,17 @@ class DeviceTrie:
     def _set_widths(self, max_children: list[int], max_leaf_items: int) -> None:
         self.max_children = max_children  # per level: the most children any node has
         self.max_leaf_items = max_leaf_items  # the most items any leaf holds
+        self.level_nodes = [int(c.numel()) for c in self.node_code]  # per level: the nodes at depth l + 1
 
-    def _child_keys(self) -> list[torch.Tensor]:
-        """Children are sorted by (parent, code): a global key makes SID lookup a searchsorted.
-        Sized from the shapes, so no host synchronisation."""
-        keys = []
-        for level in range(self.levels):
-            counts = torch.diff(self.child_ptr[level])
-            parent = torch.repeat_interleave(torch.arange(len(counts), device=self.device), counts,
-                                             output_size=len(self.node_code[level]))
-            keys.append(parent * self.codebook_sizes[level] + self.node_code[level].long())
-        return keys
+    def beam_capacity(self, level: int, beams: int, width: int, first_slot: bool = True) -> int:
+        """``width`` cut to the most beams one request can hold after decoding ``level`` from
+        ``beams`` beams: each has at most ``max_children[level]`` children, and in the first
+        slot each beam is a distinct depth-(level+1) prefix (at most one per node). A width
+        beyond what the catalog can fill is served at this, never allocated."""
+        capacity = beams * max(self.max_children[level], 1)
+        if first_slot:
+            capacity = min(capacity, max(self.level_nodes[level], 1))
+        return min(width, capacity)
 
     def children(self, level: int, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The depth-(level+1) children of depth-``level`` nodes ``[R]`` (-1: none), padded to

@@ -13,17 +13,16 @@ layouts against the tensors a real engine batch passes.
 Enumerated per preset and model dtype (float32, bfloat16), for every beam schedule of the
 preset's ``DecodeConfig`` (``beams`` and ``fallback_beams``):
 
-* ``beam_step`` and ``trie_log_softmax`` (``decoding/beam_search.py``): each (slot, level)
-  position: logits ``[N*P, V_level]`` in the model dtype, P = 1 at the first position and the
-  previous width after it, ``k`` = the width, token bidding on when ``alpha != 0``, allowed
-  masks in lists mode (a ``[N*P, V+1]`` bool buffer sliced to V columns, as
-  ``SlateRules.allowed`` builds it). ``trie_log_softmax`` is not on the engine's path any
-  more; it is compiled for the same shapes.
+* ``beam_step`` (``decoding/beam_search.py``): each (slot, level) position: logits
+  ``[N*P, V_level]`` in the model dtype, P = 1 at the first position and the previous width
+  after it, ``k`` = the width (a catalog too small to fill it serves a narrower one, compiled
+  on first use), token bidding on when ``alpha != 0``, allowed masks in lists mode (a
+  ``[N*P, V+1]`` bool buffer sliced to V columns, as ``SlateRules.allowed`` builds it).
 * ``decode_attention`` (``LazyARDecoder.tail_step``, once per tail layer): self attention over
   each beam's own positions (no context, T = 1 .. positions) and cross attention over the
   context of C = 1 + history positions. Its tile and split-K heuristics read the batch size N,
   the GPU's SM count and C, so the enumeration covers
-    - the CUDA-graph path (``serving/graphs.py``): N in the graph buckets, C = 1 + max_history,
+    - the CUDA-graph path (``runtime/graphs.py``): N in the graph buckets, C = 1 + max_history,
       context buffers contiguous;
     - the eager path: N from 1 up to the first N whose grid fills two waves of the SM count
       (past it the heuristics no longer depend on N; 15 more cover every residue mod 16 of the
@@ -48,6 +47,8 @@ from typing import Any, Iterator
 
 import torch
 
+from ..ops.beam_step import log_beta
+
 __all__ = ["Call", "Coverage", "GPUS", "calls", "launches_of", "enumerate_jobs", "specialize", "kernel_by_name"]
 
 # Multiprocessor counts of the GPUs of each architecture (decode_attention's heuristics read it).
@@ -58,7 +59,7 @@ GPUS: dict[int, tuple[str, tuple[int, ...]]] = {
     90: ("H100 SXM / H200 / H100 PCIe", (132, 114)),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-KERNEL_OPS = ("beam_step", "trie_log_softmax", "decode_attention", "prefill_attention")
+KERNEL_OPS = ("beam_step", "decode_attention", "prefill_attention")
 _DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -70,7 +71,7 @@ class Coverage:
     ops : kernel ops, a subset of ``KERNEL_OPS``.
     batch_sizes : eager-path batch sizes for decode_attention; ``None`` sweeps them (module doc).
     context_lengths : eager-path context lengths (1 + history); ``None``: 2 .. 1 + max_history.
-    graph_buckets : CUDA-graph batch buckets; ``None``: ``ega_infer.serving.graphs.BUCKETS``.
+    graph_buckets : CUDA-graph batch buckets; ``None``: ``ega_infer.runtime.graphs.BUCKETS``.
     max_positions : decode only the first this many (slot, level) positions; ``None``: all.
     """
 
@@ -112,7 +113,7 @@ def _meta(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device="meta")
 
 
-# -- beam search: positions, beam_step, trie_log_softmax ------------------------------------------
+# -- beam search: positions, beam_step ------------------------------------------
 def _positions(preset, max_positions: int | None) -> Iterator[tuple[int, int, int, int]]:
     """``(position, level, beams before the step, width)`` of every position of every schedule."""
     config, levels = preset.decode, preset.model.levels
@@ -146,11 +147,8 @@ def _beam_calls(name: str, preset, dtype: torch.dtype, coverage: Coverage) -> It
         trie = (_meta(nodes + 1, dtype=torch.int64), _meta(nodes, dtype=torch.int32), _meta(nodes))
         node = _meta(rows, dtype=torch.int64)  # node.reshape(-1)
         label = f"{name}/{str(dtype)[6:]} level {level} beams {p}->{width} vocab {vocab}"
-        bid = dict(alpha=config.alpha, beta=config.beta, allowed=allowed)
-        if "beam_step" in coverage.ops:
-            yield Call("beam_step", label, (logits, _meta(n, p), node, *trie), dict(k=width, **bid))
-        if "trie_log_softmax" in coverage.ops:
-            yield Call("trie_log_softmax", label, (logits, node, *trie), bid)
+        bid = dict(alpha=config.alpha, log_beta=log_beta(config.beta), allowed=allowed)
+        yield Call("beam_step", label, (logits, _meta(n, p), node, *trie), dict(k=width, **bid))
 
 
 # -- decode_attention -----------------------------------------------------------------------------
@@ -202,7 +200,7 @@ def _decode_calls(name: str, preset, dtype: torch.dtype, sm_counts: tuple[int, .
         buckets = coverage.graph_buckets
     else:
         try:
-            from ..serving.graphs import BUCKETS as buckets
+            from ..runtime.graphs import BUCKETS as buckets
         except ImportError:
             buckets = _DEFAULT_BUCKETS
 
@@ -279,7 +277,7 @@ def calls(name: str, arch: int, coverage: Coverage) -> Iterator[Call]:
     sm_counts = GPUS[arch][1]
     for dtype_name in coverage.dtypes:
         dtype = DTYPES[dtype_name]
-        if "beam_step" in coverage.ops or "trie_log_softmax" in coverage.ops:
+        if "beam_step" in coverage.ops:
             yield from _beam_calls(name, preset, dtype, coverage)
         if "decode_attention" in coverage.ops:
             yield from _decode_calls(name, preset, dtype, sm_counts, coverage)
@@ -300,12 +298,6 @@ def launches_of(call: Call) -> tuple:
         outs = (new((rows, slots), dtype=torch.int64), new((rows, slots), dtype=torch.int32),
                 new((rows, slots), dtype=torch.float32))
         return (beam_step_rows_launch(*args, *outs, **kw),)
-    if call.op == "trie_log_softmax":
-        from ..kernels.trie_log_softmax import trie_log_softmax_launch
-
-        logits = args[0]
-        out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-        return (trie_log_softmax_launch(*args, out, **kw),)
     if call.op == "decode_attention":
         from ..kernels.decode_attention import decode_attention_launches
 

@@ -1,7 +1,6 @@
 """The decoder loop: constrained beam search in candidates and lists modes."""
 
-from .beam_search import BeamResult, beam_search
-from .config import DecodeConfig, ListScore
-from .topk import full_topk, two_stage_topk
+from .beam_search import beam_search
+from .config import DecodeConfig, DecodeSpec, ListScore
 
-__all__ = ["BeamResult", "beam_search", "DecodeConfig", "ListScore", "two_stage_topk", "full_topk"]
+__all__ = ["beam_search", "DecodeConfig", "DecodeSpec", "ListScore"]

@@ -1,4 +1,4 @@
-"""The constrained beam search over SID levels (MISSION.md section 4), both decode modes.
+"""The constrained beam search over SID levels, both decode modes.
 
 One step per (slot, level) position, vectorised over requests and beams:
 
@@ -13,56 +13,44 @@ slate rules. No invalid SID can be emitted: every kept token is a trie child of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..catalog.trie import DeviceTrie
+from ..auction.lists import CandidateLists
+from ..catalog.device import DeviceCatalog
 from ..model.decoder import DecoderContext, LazyARDecoder
+from ..ops._dispatch import OpBackends
 from ..ops.beam_step import beam_step
-from .config import DecodeConfig
+from .config import DecodeSpec
 from .slate_rules import SlateRules
 
-__all__ = ["BeamResult", "beam_search"]
-
-
-@dataclass
-class BeamResult:
-    """Final beams of every request (``N`` requests, ``B`` beams, ``K`` slots per beam).
-
-    scores [N, B] (``-inf`` for dead beams), items [N, B, K] catalog rows (-1 = none),
-    poi_codes [N, B, K, C], log_alloc [N, B, K] (log of the bid-weighted allocation
-    probability of each slot's item: the sum of its level log-probs), hidden [N, B, K, d]
-    (decoder state that emitted each slot's last code, for the creative head).
-    """
-
-    scores: torch.Tensor
-    items: torch.Tensor
-    poi_codes: torch.Tensor
-    log_alloc: torch.Tensor
-    hidden: torch.Tensor
-
-    @property
-    def alive(self) -> torch.Tensor:
-        return self.scores > float("-inf")
+__all__ = ["beam_search"]
 
 
 @torch.no_grad()
 def beam_search(
     decoder: LazyARDecoder,
     ctx: DecoderContext,
-    trie: DeviceTrie,
-    is_ad: torch.Tensor,
-    config: DecodeConfig,
+    catalog: DeviceCatalog,
+    spec: DecodeSpec,
+    backends: OpBackends,
     organic: torch.Tensor | None = None,
-) -> BeamResult:
-    """Decode a batch. ``organic [N, M]`` (catalog rows, -1 pad) is required in lists mode."""
+) -> CandidateLists:
+    """Decode a batch into its candidate lists ``[N, L, K]``.
+
+    Lists mode: each beam is a list (``L = B`` beams of ``K = num_slots`` slots). Candidates mode:
+    the one list of each request is its best ``num_slots`` beams in beam order (``L = 1``). The
+    lists carry items, ad flags and bids, ``log_alloc`` (each slot's log allocation probability:
+    the sum of its level log-probs), ``poi_codes``, ``hidden`` (the decoder state that emitted
+    each slot's last code, for the creative head) and the raw beams. ``organic [N, M]`` (catalog
+    rows, -1 pad) is required in lists mode. A width wider than the catalog can fill is served
+    at what it can fill (``DeviceTrie.beam_capacity``)."""
+    trie = catalog.trie
     levels = trie.levels
-    schedule = config.beam_schedule(levels)
-    slots = config.num_slots if config.mode == "lists" else 1
+    schedule = spec.beam_schedule(levels)
+    slots = spec.slots
     n = ctx.mask.shape[0]
     device = ctx.mask.device
-    rules = SlateRules(config, trie, is_ad, organic) if config.mode == "lists" else None
+    rules = SlateRules(spec, trie, catalog.is_ad, organic) if spec.mode == "lists" else None
 
     trunk = decoder.trunk(ctx, slots * levels)
     dtype = trunk.dtype
@@ -80,24 +68,24 @@ def beam_search(
 
     if trie.leaf_items.numel() == 0:  # an empty catalog: every beam is dead from the start
         scores = torch.full((n, 1), float("-inf"), device=device)
-        return BeamResult(scores, items, codes, log_alloc.fill_(float("-inf")), hidden_out)
+        return _lists(spec, catalog, scores, items, codes, log_alloc.fill_(float("-inf")), hidden_out)
 
     for position in range(slots * levels):
         slot, level = divmod(position, levels)
-        width = schedule[level] if slot == 0 else schedule[-1]
         beams = scores.shape[1]
+        width = trie.beam_capacity(level, beams, schedule[level] if slot == 0 else schedule[-1], slot == 0)
 
         x = decoder.fuse(
             trunk[:, position, None].expand(n, beams, -1),
             decoder.token_embedding(prev_token, position - 1),
         )
-        hidden, cache = decoder.tail_step(x, ctx, cache, config.backend)
+        hidden, cache = decoder.tail_step(x, ctx, cache, backends.decode_attention)
         logits = decoder.logits(hidden, level).reshape(n * beams, -1)
         allowed = rules.allowed(level, slot, node, items) if rules is not None else None
         step = beam_step(
             logits, scores, node.reshape(-1), trie.child_ptr[level], trie.node_code[level],
-            trie.node_max_bid[level], k=width, alpha=config.alpha, beta=config.beta,
-            allowed=allowed, backend=config.backend,
+            trie.node_max_bid[level], k=width, alpha=spec.alpha, beta=spec.beta,
+            allowed=allowed, backend=backends.beam_step,
         )
         scores, parent, token, alive = step.scores, step.parent, step.token, step.alive
         cache = cache.reorder(parent)
@@ -123,4 +111,26 @@ def beam_search(
             slot_logp = torch.zeros_like(slot_logp)
             node = torch.where(alive, 0, -1)
 
-    return BeamResult(scores, items, codes, log_alloc, hidden_out)
+    return _lists(spec, catalog, scores, items, codes, log_alloc, hidden_out)
+
+
+def _lists(spec: DecodeSpec, catalog: DeviceCatalog, scores: torch.Tensor, items: torch.Tensor,
+           codes: torch.Tensor, log_alloc: torch.Tensor, hidden: torch.Tensor) -> CandidateLists:
+    """The final beams ``[N, B, ...]`` as candidate lists, with the placed items' ad flags and bids."""
+    beam_items, beam_scores = items, scores
+    alive = scores > float("-inf")
+    if spec.mode == "candidates":  # one list per request: its best num_slots beams in beam order
+        k = min(spec.num_slots, scores.shape[1])
+        alive_k = alive[:, :k]
+        items = torch.where(alive_k, items[:, :k, 0], -1)[:, None]
+        codes = codes[:, None, :k, 0]
+        hidden = hidden[:, None, :k, 0]
+        log_alloc = torch.where(alive_k, scores[:, :k], float("-inf"))[:, None]
+        alive = alive_k[:, :1].any(1, keepdim=True)
+    safe = items.clamp(min=0)
+    is_ad = catalog.is_ad[safe] & (items >= 0)
+    bids = torch.where(is_ad, catalog.bids[safe], 0.0)
+    return CandidateLists(
+        items=items, is_ad=is_ad, bids=bids, alive=alive, weights=spec.list_score, log_alloc=log_alloc,
+        poi_codes=codes, hidden=hidden, beam_items=beam_items, beam_scores=beam_scores,
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..catalog.trie import DeviceTrie
-from .config import DecodeConfig
+from .config import DecodeSpec
 
 __all__ = ["SlateRules"]
 
@@ -24,8 +24,8 @@ class SlateRules:
     organic : [N, M] catalog rows of each request's organic items in their given order, -1 pad.
     """
 
-    def __init__(self, config: DecodeConfig, trie: DeviceTrie, is_ad: torch.Tensor, organic: torch.Tensor) -> None:
-        self.config = config
+    def __init__(self, spec: DecodeSpec, trie: DeviceTrie, is_ad: torch.Tensor, organic: torch.Tensor) -> None:
+        self.spec = spec
         self.trie = trie
         self.is_ad = is_ad
         self.organic = organic
@@ -35,7 +35,7 @@ class SlateRules:
         self.next_organic = torch.zeros(n, 1, dtype=torch.long, device=device)
         self.n_ads = torch.zeros(n, 1, dtype=torch.long, device=device)
         self.last_ad = torch.full((n, 1), _NO_AD, dtype=torch.long, device=device)
-        self.forbidden = set(config.forbidden_ad_slots)
+        self.forbidden = set(spec.forbidden_ad_slots)
 
     def reorder(self, parent: torch.Tensor) -> None:
         self.next_organic = self.next_organic.gather(1, parent)
@@ -45,9 +45,9 @@ class SlateRules:
     def ads_ok(self, slot: int) -> torch.Tensor:
         if slot in self.forbidden:
             return torch.zeros_like(self.n_ads, dtype=torch.bool)
-        ok = slot - self.last_ad - 1 >= self.config.min_gap
-        if self.config.max_ads is not None:
-            ok &= self.n_ads < self.config.max_ads
+        ok = slot - self.last_ad - 1 >= self.spec.min_gap
+        if self.spec.max_ads is not None:
+            ok &= self.n_ads < self.spec.max_ads
         return ok
 
     def organic_next(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ Two ways to re-run the mechanism on a misreport:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -21,8 +22,8 @@ import torch
 from ..auction import EGA_GAMMAS, RegretReport, ex_post_regret, list_gsp_prices, list_vcg_prices, selection_mechanism
 from ..auction.lists import CandidateLists
 from ..decoding import DecodeConfig
-from ..engine import Engine, ServedBatch
-from ..post import network_pricing
+from ..engine import Engine
+from ..post import network_prices
 from ..request import Request
 
 __all__ = ["incentive_report", "priced_three_ways", "redecode_regret"]
@@ -30,18 +31,18 @@ __all__ = ["incentive_report", "priced_three_ways", "redecode_regret"]
 Pricing = Callable[[CandidateLists, torch.Tensor], torch.Tensor]
 
 
-def priced_three_ways(engine: Engine, batch: ServedBatch, config: DecodeConfig,
+def priced_three_ways(engine: Engine, lists: CandidateLists,
                       ascent_steps: int = 30) -> dict[str, tuple[torch.Tensor, RegretReport]]:
     """Per mechanism (payment network, GSP, VCG): per-click prices of the winning lists
     ``[N, K]`` and the regret report of the selection-stage mechanism."""
-    lists = batch.candidate_lists(config.list_score)
     # float64: Clarke payments are differences of near-equal welfares
-    lists = dataclasses.replace(lists, bids=lists.bids.double(), pctr=lists.pctr.double(), base=lists.base.double())
-    winner = lists.winner()
+    lists = dataclasses.replace(lists, bids=lists.bids.double(), probs=lists.probs.double())
+    winner = lists.winner
     values = lists.at(lists.bids, winner)
     bidders = lists.at(lists.is_ad, winner)
     mechanisms: dict[str, Pricing] = {
-        "payment network": network_pricing(engine.model.payment), "GSP": list_gsp_prices, "VCG": list_vcg_prices,
+        "payment network": functools.partial(network_prices, engine.model.payment), "GSP": list_gsp_prices,
+        "VCG": list_vcg_prices,
     }
     out = {}
     for name, pricing in mechanisms.items():
@@ -62,7 +63,7 @@ def incentive_report(engine: Engine, requests: Sequence[Request], config: Decode
     pctr = batch.probs[rows, batch.winner, :, 0].double()
     return {
         name: {"revenue": float((price * pctr).sum(-1).mean()), "psi_grid": regret.psi("grid"), "psi": regret.psi("ascent")}
-        for name, (price, regret) in priced_three_ways(engine, batch, config, ascent_steps).items()
+        for name, (price, regret) in priced_three_ways(engine, batch, ascent_steps).items()
     }
 
 

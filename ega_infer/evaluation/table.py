@@ -44,7 +44,7 @@ def evaluation_table(engine: Engine, world: AdWorld, users: np.ndarray, config: 
                          np.searchsorted(world.creative_ids, catalog.creative_ids[np.maximum(creative_rows, 0)]), -1)
 
     table = {}
-    for name, (price, regret) in priced_three_ways(engine, batch, config, ascent_steps).items():
+    for name, (price, regret) in priced_three_ways(engine, batch, ascent_steps).items():
         label = "engine + payment network" if name == "payment network" else f"engine slates, {name}"
         table[label] = {**judge_slates(world, users, pois, creatives, price.cpu().numpy()),
                         "psi_grid": regret.psi("grid"), "psi": regret.psi("ascent")}

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..exceptions import CheckpointError, ConfigError, ConfigFileError
-from .config import ModelConfig, _show
+from ..exceptions import CheckpointError, ConfigError, ConfigFileError, show_value
+from .config import ModelConfig
 from .creative import CreativeHead
 from .decoder import LazyARDecoder
 from .encoder import UserEncoder
@@ -32,7 +32,7 @@ LOAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 class GenerativeAdModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         if not isinstance(config, ModelConfig):
-            raise ConfigError("config", f"is {_show(config)} (a {type(config).__name__})", "a ModelConfig")
+            raise ConfigError("config", f"is {show_value(config)} (a {type(config).__name__})", "a ModelConfig")
         super().__init__()
         self.config = config
         self.encoder = UserEncoder(config)
@@ -46,9 +46,9 @@ class GenerativeAdModel(nn.Module):
         """Fresh weights, deterministic for ``seed`` (an integer in ``[0, 2**64)``, independent
         of the global RNG)."""
         if not isinstance(config, ModelConfig):
-            raise ConfigError("config", f"is {_show(config)} (a {type(config).__name__})", "a ModelConfig")
+            raise ConfigError("config", f"is {show_value(config)} (a {type(config).__name__})", "a ModelConfig")
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-            raise ConfigError("seed", f"is {_show(seed)} (a {type(seed).__name__})", "an integer in [0, 2**64)")
+            raise ConfigError("seed", f"is {show_value(seed)} (a {type(seed).__name__})", "an integer in [0, 2**64)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return cls(config).eval()
@@ -97,7 +97,7 @@ class GenerativeAdModel(nn.Module):
         path = _dir_path(path)
         device = _device(device)
         if dtype is not None and dtype not in LOAD_DTYPES:
-            raise ConfigError("dtype", f"is {_show(dtype)}", f"None or one of {list(LOAD_DTYPES)}")
+            raise ConfigError("dtype", f"is {show_value(dtype)}", f"None or one of {list(LOAD_DTYPES)}")
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
                 raise CheckpointError(f"{path}: missing {name} (expected a directory saved by save_pretrained)")
@@ -121,21 +121,21 @@ class GenerativeAdModel(nn.Module):
 
 def _dir_path(path: object) -> Path:
     if not isinstance(path, (str, os.PathLike)):
-        raise CheckpointError(f"path {_show(path)} (a {type(path).__name__}): expected a directory path (a str or os.PathLike)")
+        raise CheckpointError(f"path {show_value(path)} (a {type(path).__name__}): expected a directory path (a str or os.PathLike)")
     try:
         return Path(path)
     except TypeError as exc:  # an os.PathLike whose __fspath__ returns bytes or nonsense
-        raise CheckpointError(f"path {_show(path)}: expected a directory path ({exc})") from None
+        raise CheckpointError(f"path {show_value(path)}: expected a directory path ({exc})") from None
 
 
 def _device(device: object) -> torch.device:
     expected = "cpu, or a cuda device this host has"
     if not isinstance(device, (str, torch.device)):
-        raise ConfigError("device", f"is {_show(device)} (a {type(device).__name__})", expected)
+        raise ConfigError("device", f"is {show_value(device)} (a {type(device).__name__})", expected)
     try:
         device = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise ConfigError("device", f"is {_show(device)}", expected) from None
+        raise ConfigError("device", f"is {show_value(device)}", expected) from None
     if device.type == "cpu":
         return device
     if device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count():

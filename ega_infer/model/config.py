@@ -1,4 +1,4 @@
-"""Frozen, validated configs of every model module, and the named presets.
+"""Frozen, validated configs of every model module (the named presets are in ``presets.py``).
 
 A ``ModelConfig`` is everything needed to build the weights' shapes; it is saved as
 ``config.json`` next to ``model.safetensors``.
@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, show_value
 
 __all__ = [
     "EncoderConfig",
@@ -53,19 +53,8 @@ MAX_NAME = 256  # characters of ModelConfig.name
 
 
 # -- checks (each error names the field and what was expected) ---------------------------------
-def _show(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters; safe on any input (a huge int included)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of {value.bit_length()} bits"
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real error
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _what(value: object) -> str:
-    return f"is {_show(value)} (a {type(value).__name__})"
+    return f"is {show_value(value)} (a {type(value).__name__})"
 
 
 def _int(name: str, value: object, high: int, low: int = 1) -> None:
@@ -73,7 +62,7 @@ def _int(name: str, value: object, high: int, low: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(name, _what(value), expected)
     if not low <= value <= high:
-        raise ConfigError(name, f"is {_show(value)}", expected)
+        raise ConfigError(name, f"is {show_value(value)}", expected)
 
 
 def _bounded(high: int, low: int = 1) -> Callable[[str, object], None]:
@@ -379,7 +368,7 @@ class ModelConfig:
         try:
             data = json.loads(text, object_pairs_hook=_no_repeats)
         except (ValueError, RecursionError) as exc:
-            raise ConfigError("config.json", f"is not valid JSON ({_show(str(exc), 120)})", "a JSON object") from None
+            raise ConfigError("config.json", f"is not valid JSON ({show_value(str(exc), 120)})", "a JSON object") from None
         return cls.from_dict(data)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .decoder import DecoderContext
-from .layers import DecoderBlock, RMSNorm
+from .layers import DecoderBlock, Linear, RMSNorm
 
 __all__ = ["CreativeHead"]
 
@@ -26,12 +26,12 @@ class CreativeHead(nn.Module):
         self.levels = config.creative_levels
         self.norm_hidden = RMSNorm(d, config.norm_eps)
         self.norm_poi = RMSNorm(d, config.norm_eps)
-        self.proj = nn.Linear(2 * d, d, bias=False)
+        self.proj = Linear(2 * d, d, bias=False)
         self.code_emb = nn.ModuleList(nn.Embedding(v, d) for v in config.creative_codebook_sizes)
         self.pos = nn.Parameter(torch.randn(self.levels, d) * 0.02)
         self.block = DecoderBlock(d, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden, config.norm_eps)
         self.norm = RMSNorm(d, config.norm_eps)
-        self.heads = nn.ModuleList(nn.Linear(d, v, bias=False) for v in config.creative_codebook_sizes)
+        self.heads = nn.ModuleList(Linear(d, v, bias=False) for v in config.creative_codebook_sizes)
 
     def context(self, memory: torch.Tensor, mask: torch.Tensor) -> DecoderContext:
         k, v = self.block.context_kv(memory)

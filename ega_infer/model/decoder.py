@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops._dispatch import resolve_backend
 from .config import ModelConfig
-from .layers import DecoderBlock, RMSNorm
+from .layers import DecoderBlock, Linear, RMSNorm
 
 __all__ = ["LazyARDecoder", "DecoderContext", "TailCache"]
 
@@ -60,14 +59,14 @@ class LazyARDecoder(nn.Module):
         self.queries = nn.Parameter(torch.randn(self.n_positions, d) * 0.02)
         self.tok_emb = nn.ModuleList(nn.Embedding(v, d) for v in config.poi_codebook_sizes)
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
-        self.fuse_gate = nn.Linear(d, d, bias=False)
-        self.fuse_out = nn.Linear(2 * d, d, bias=False)
+        self.fuse_gate = Linear(d, d, bias=False)
+        self.fuse_out = Linear(2 * d, d, bias=False)
         self.blocks = nn.ModuleList(
             DecoderBlock(d, dec.n_heads, dec.n_kv_heads, dec.ffn_hidden, config.norm_eps)
             for _ in range(dec.n_layers)
         )
         self.norm = RMSNorm(d, config.norm_eps)
-        self.heads = nn.ModuleList(nn.Linear(d, v, bias=False) for v in config.poi_codebook_sizes)
+        self.heads = nn.ModuleList(Linear(d, v, bias=False) for v in config.poi_codebook_sizes)
 
     # -- pieces shared by teacher forcing and beam decoding -------------------------------
     def context(self, memory: torch.Tensor, mask: torch.Tensor) -> DecoderContext:
@@ -113,11 +112,10 @@ class LazyARDecoder(nn.Module):
                   backend: str = "torch") -> tuple[torch.Tensor, TailCache]:
         """Run the tail layers for one position of every beam: ``x [N, B, d]`` (fused input).
 
-        ``backend`` other than "torch" (resolved per device, see ``ops``) runs both attentions
-        through the ``decode_attention`` kernel op; "torch" uses PyTorch's SDPA."""
-        kernel = resolve_backend(backend, x.device, "decode_attention") != "torch"
-        if kernel:  # self-attention reads only the beams' own positions: an empty context
-            no_len = torch.zeros_like(ctx.lengths)
+        Both attentions go through the ``decode_attention`` op with the concrete ``backend``
+        (``"torch"``: its PyTorch reference): self-attention over the beams' own positions (an
+        empty context), cross-attention with the request's beams as the queries of one call."""
+        no_len = torch.zeros_like(ctx.lengths)
         keys, values = [], []
         for i, block in enumerate(self.blocks[self.split:]):
             layer = self.split + i
@@ -128,14 +126,10 @@ class LazyARDecoder(nn.Module):
             keys.append(k)
             values.append(v)
             q = block.self_attn.project_q(h)  # [N, B, H, 1, hd]
-            if kernel:
-                no_ctx = k.new_empty(k.shape[0], k.shape[2], 0, k.shape[4])
-                x = x + block.self_attn.attend_beams(q.squeeze(3), no_ctx, no_ctx, no_len, k, v, backend)
-                q = block.cross_attn.project_q(block.cross_norm(x)).transpose(1, 2)  # [N, B, H, hd]
-                x = x + block.cross_attn.attend_beams(q, ctx.keys[layer], ctx.values[layer], ctx.lengths, backend=backend)
-            else:
-                x = x + block.self_attn.attend(q, k, v).squeeze(2)
-                x = block.cross(x, ctx.keys[layer], ctx.values[layer], ctx.mask)
+            no_ctx = k.new_empty(k.shape[0], k.shape[2], 0, k.shape[4])
+            x = x + block.self_attn.attend_beams(q.squeeze(3), no_ctx, no_ctx, no_len, k, v, backend)
+            q = block.cross_attn.project_q(block.cross_norm(x)).transpose(1, 2)  # [N, B, H, hd]
+            x = x + block.cross_attn.attend_beams(q, ctx.keys[layer], ctx.values[layer], ctx.lengths, backend=backend)
             x = x + block.ffn(block.ffn_norm(x))
         return x, TailCache(keys, values)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops._dispatch import resolve_backend
 from .config import ModelConfig
 from .layers import EncoderBlock, RMSNorm
 
@@ -76,21 +75,22 @@ class UserEncoder(nn.Module):
         positions = torch.arange(x.shape[1], device=x.device)
         return x + self.pos_emb(positions)
 
-    def forward(self, history: History, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, history: History, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the context memory ``[N, 1 + S, d]`` and its key mask ``[N, 1 + S]`` (True = real).
 
-        ``backend`` other than "torch" (resolved per device) runs the blocks on the histories
-        packed without padding through the ``prefill_attention`` kernel op; padding positions
-        of the memory are then zeros (they are masked everywhere)."""
+        ``backend=None`` (training, teacher forcing): the padded batch through PyTorch's SDPA,
+        differentiable. A concrete op backend (``"torch" | "triton" | "cuda"``, serving): the
+        histories packed without padding through the ``prefill_attention`` op with that
+        backend (``"torch"`` its PyTorch reference); padding positions of the memory are then
+        zeros (they are masked everywhere)."""
         tokens = self.embed(history)
         n = tokens.shape[0]
         user = self.user_token.to(tokens.dtype).expand(n, 1, -1)
         x = torch.cat([user, tokens], dim=1)
         positions = torch.arange(x.shape[1], device=x.device)
         mask = positions[None, :] <= history.lengths[:, None]
-        if resolve_backend(backend, x.device, "prefill_attention") != "torch":
-            # prefill has no CUDA C++ version: "cuda" runs its Triton kernel
-            return self._forward_packed(x, history, "auto" if backend == "cuda" else backend), mask
+        if backend is not None:
+            return self._forward_packed(x, history, backend), mask
         attn_mask = mask[:, None, None, :]
         for block in self.blocks:
             x = block(x, attn_mask)

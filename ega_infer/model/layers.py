@@ -8,7 +8,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RMSNorm", "Attention", "FeedForward", "EncoderBlock", "DecoderBlock", "MLP"]
+__all__ = ["Linear", "RMSNorm", "Attention", "FeedForward", "EncoderBlock", "DecoderBlock", "MLP", "rowwise"]
+
+_ROW_ALIGN = 64  # floats: a multiple of every CPU vector width times PyTorch's 2x unroll
+
+
+def rowwise(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(*tensors)`` for an elementwise ``fn`` (exp, sigmoid, ...) with, on a CPU, each row
+    (last dim) padded to a multiple of 64 elements. PyTorch evaluates such functions with
+    vector code in blocks of the flattened tensor and scalar code for a ragged end, and the two
+    round differently: aligned rows put every request's values through the same code, whatever
+    its position in the batch."""
+    width = tensors[0].shape[-1]
+    if tensors[0].device.type != "cpu" or width % _ROW_ALIGN == 0:
+        return fn(*tensors)
+    pad = -width % _ROW_ALIGN
+    return fn(*(F.pad(t, (0, pad)) for t in tensors))[..., :width]
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` whose product on a CPU always has a multiple of 4 rows (zero rows added,
+    then dropped). The CPU BLAS (MKL) multiplies 4 rows at a time and the rest with another
+    kernel that rounds differently; which rows are "the rest" depends on the batch's size and
+    the thread count, so without this a request's slate would depend on its batch-mates."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // max(x.shape[-1], 1)
+        if x.device.type != "cpu" or rows % 4 == 0:
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(rows, x.shape[-1])
+        flat = torch.cat([flat, flat.new_zeros(-rows % 4, flat.shape[1])])
+        return F.linear(flat, self.weight, self.bias)[:rows].reshape(*x.shape[:-1], self.out_features)
 
 
 class RMSNorm(nn.Module):
@@ -28,7 +58,10 @@ class Attention(nn.Module):
 
     ``project_kv`` and ``project_q`` return ``[..., heads, length, head_dim]``; ``attend`` runs
     scaled dot-product attention with ``enable_gqa`` (key/value heads are never expanded in
-    memory) and projects the output.
+    memory) and projects the output. On a CPU it is spelled out as matrix products and a
+    softmax (``_math_attention``): PyTorch's fused CPU kernel splits its work across threads so
+    that a row's result depends on where it sits in the batch, and a request's slate must not
+    depend on its batch-mates.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int) -> None:
@@ -36,10 +69,10 @@ class Attention(nn.Module):
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads
         self.head_dim = d_model // n_heads
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.q_proj = Linear(d_model, n_heads * self.head_dim, bias=False)
+        self.k_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = Linear(n_heads * self.head_dim, d_model, bias=False)
 
     def project_q(self, x: torch.Tensor) -> torch.Tensor:
         q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
@@ -58,7 +91,10 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``q [..., H, Lq, hd]``, ``k, v [..., Hkv, Lk, hd]``, bool ``mask`` (True = attend)."""
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        if q.device.type == "cpu":
+            out = _math_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(out.transpose(-2, -3).flatten(-2))
 
     def attend_beams(
@@ -69,7 +105,7 @@ class Attention(nn.Module):
         ctx_len: torch.Tensor,
         own_k: torch.Tensor | None = None,
         own_v: torch.Tensor | None = None,
-        backend: str = "auto",
+        backend: str = "torch",
     ) -> torch.Tensor:
         """One query per beam ``q [N, P, H, hd]`` over its request's context ``[N, Hkv, S, hd]``
         (first ``ctx_len`` positions) and its own positions ``[N, P, Hkv, T, hd]``, through the
@@ -79,7 +115,7 @@ class Attention(nn.Module):
         out = decode_attention(q, ctx_k, ctx_v, ctx_len, own_k, own_v, backend=backend)
         return self.o_proj(out.flatten(-2))
 
-    def attend_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool, backend: str = "auto") -> torch.Tensor:
+    def attend_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool, backend: str = "torch") -> torch.Tensor:
         """Self-attention of sequences packed without padding, ``x [T, d]`` with boundaries
         ``cu_seqlens [B + 1]``, through the ``prefill_attention`` kernel op."""
         from ..ops.prefill_attention import prefill_attention
@@ -92,17 +128,31 @@ class Attention(nn.Module):
         return self.o_proj(out.flatten(-2))
 
 
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention as batched matrix products (each batch element its own
+    product of fixed shape): the query heads of a key/value group are the rows of one product."""
+    *batch, heads, length, dim = q.shape
+    kv_heads = k.shape[-3]
+    k, v = k.contiguous(), v.contiguous()  # one BLAS path whatever the batch (see Linear)
+    q = q.reshape(*batch, kv_heads, heads // kv_heads * length, dim)
+    score = (q @ k.transpose(-1, -2)).mul_(dim ** -0.5).unflatten(-2, (heads // kv_heads, length))
+    if mask is not None:  # [..., Lq, Lk] or [..., 1, Lq|1, Lk]: broadcast over the head group
+        score = score.masked_fill(~(mask.unsqueeze(-3) if mask.dim() >= 3 else mask), float("-inf"))
+    weight = torch.softmax(score.float(), dim=-1).to(v.dtype).flatten(-3, -2)
+    return (weight @ v).reshape(*batch, heads, length, dim)
+
+
 class FeedForward(nn.Module):
     """SwiGLU feed-forward."""
 
     def __init__(self, d_model: int, hidden: int) -> None:
         super().__init__()
-        self.gate = nn.Linear(d_model, hidden, bias=False)
-        self.up = nn.Linear(d_model, hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.gate = Linear(d_model, hidden, bias=False)
+        self.up = Linear(d_model, hidden, bias=False)
+        self.down = Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(rowwise(F.silu, self.gate(x)) * self.up(x))
 
 
 class EncoderBlock(nn.Module):
@@ -121,7 +171,7 @@ class EncoderBlock(nn.Module):
         x = x + self.attn.attend(self.attn.project_q(h), k, v, mask)
         return x + self.ffn(self.ffn_norm(x))
 
-    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, backend: str = "torch") -> torch.Tensor:
         """The same block on sequences packed without padding, ``x [T, d]``."""
         x = x + self.attn.attend_packed(self.attn_norm(x), cu_seqlens, causal=False, backend=backend)
         return x + self.ffn(self.ffn_norm(x))
@@ -161,9 +211,9 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_dim
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [Linear(width, h), nn.ReLU()]
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(Linear(width, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .layers import MLP
+from .layers import MLP, rowwise
 
 __all__ = ["PaymentNetwork"]
 
 _EPS = 1e-4  # keeps logit(threshold / bid) finite at 0 and 1
+_MAX_MARKUP = 30.0  # sigmoid saturates long before: bounds a non-finite MLP output
 
 
 class PaymentNetwork(nn.Module):
@@ -58,7 +59,8 @@ class PaymentNetwork(nn.Module):
         others = padded[:, column + (column >= slot)]
         share = torch.where(is_ad, threshold.float() / bids.clamp(min=1e-12), 0.0).clamp(0, 1)
         features = torch.cat([slot_repr.float(), others, alloc_value.float().unsqueeze(-1), share.unsqueeze(-1)], dim=-1)
-        markup = self.mlp(features.to(slot_repr.dtype)).float()
-        rate = torch.sigmoid(torch.logit(share, eps=_EPS) + markup)
+        # bids near float32's max can overflow the MLP: fall back to the threshold price (0)
+        markup = torch.nan_to_num(self.mlp(features.to(slot_repr.dtype)).float(), nan=0.0).clamp(-_MAX_MARKUP, _MAX_MARKUP)
+        rate = rowwise(lambda s, m: torch.sigmoid(torch.logit(s, eps=_EPS) + m), share, markup)
         payment = torch.where(is_ad, rate * bids, torch.zeros_like(rate))
         return rate, payment

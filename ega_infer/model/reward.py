@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .layers import MLP, EncoderBlock, RMSNorm
+from .layers import MLP, EncoderBlock, RMSNorm, rowwise
 
 __all__ = ["RewardModel", "REWARD_TASKS"]
 
@@ -63,5 +63,5 @@ class RewardModel(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x)
-        probs = torch.stack([torch.sigmoid(tower(x).float()) for tower in self.towers], dim=-1)
+        probs = torch.stack([rowwise(torch.sigmoid, tower(x).float()) for tower in self.towers], dim=-1)
         return probs, x

@@ -1,40 +1,62 @@
 """One fused step of the constrained beam search: trie log-softmax + beam score + exact top-k.
 
-For request ``n`` with beams ``p = 0 .. P-1`` (logit row ``r = n * P + p``)::
+For request ``n`` with beams ``p = 0 .. P-1`` (logit row ``r = n * P + p``) at trie node
+``row_node[r]``, child ``j`` of that node with code ``c``::
 
-    logp[r, c]    = trie_log_softmax(logits, row_node, child_ptr, ...)[r, c]    # -inf off the trie
+    w_j           = log(child_max_bid[j] ** alpha + beta)       # token bid weight, in log space
+    logp[r, c]    = log_softmax over the admissible children of (logits[r, c] + w_j)
     cand[n, p, c] = beam_scores[n, p] + logp[r, c]
     keep the k best cand[n] by (score descending, parent p ascending, token c ascending)
 
-``renormalize=False`` drops the normalisation: ``logp[r, c]`` is then ``logits[r, c] + w`` on
-the admissible children (``-inf`` elsewhere), for logits that are already log-probabilities over a
-larger vocabulary and are only masked to the trie (Hugging Face transformers' default constrained
-beam search: full-vocabulary log-softmax, then the mask, no renormalisation).
+``renormalize=False`` drops the normalisation: ``logp[r, c] = logits[r, c] + w_j`` on the
+admissible children (logits that are already log-probabilities over a larger vocabulary, only
+masked to the trie: Hugging Face transformers' default constrained beam search).
 
-For every kept entry the step also returns the chosen code's CSR child index ``j`` (the
-depth-(l+1) node id, ``child_code[j] == token`` within ``row_node[r]``'s child range) and its
-``logp``. Entries beyond the number of finite candidates (``k > P * V``, dead beams, rows with no
-admissible child) are *missing*: score ``-inf``, parent 0, token 0, child -1, logp ``-inf``.
+For every kept entry the step also returns the chosen code's CSR child index (the depth-(l+1)
+node id) and its ``logp``. Entries beyond the finite candidates (``k > P * V``, dead beams, rows
+with no admissible child) are *missing*: score ``-inf``, parent 0, token 0, child -1, logp -inf.
 
-This is what ``decoding/beam_search.py`` does per position with ``trie_log_softmax``, the
-exact top-k of ``decoding/topk.py`` and ``DeviceTrie.child``; ``beam_step_torch`` computes exactly
-those (the top-k as one ``torch.topk`` over distinct integer keys) and is the reference the Triton
-and CUDA backends are tested against.
+Backends, each in its own file with the same arguments (``log_beta = log(beta)`` instead of
+``beta``): ``beam_step_torch.py`` (the reference), ``kernels/beam_step.py`` (Triton),
+``beam_step_cuda.py`` over ``csrc/beam_step.cu`` (CUDA C++). ``CAPABILITIES`` says what each runs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..exceptions import BackendUnavailableError
-from ._dispatch import Backend, resolve_backend, triton_available
-from .trie_log_softmax import trie_children, trie_log_softmax_torch
+from ..exceptions import FieldError
+from ..kernels.limits import BEAM_STEP_TRITON_MAX_VOCAB
+from ._dispatch import Backend, Capabilities, resolve
+from .beam_step_cuda import MAX_BEAMS_TIMES_VOCAB
 
-__all__ = ["BeamStep", "beam_step", "beam_step_torch"]
+__all__ = ["BeamStep", "beam_step", "CAPABILITIES", "MAX_ALPHA", "log_beta"]
 
 NEG_INF = float("-inf")
+# alpha * log(bid) must fit float32 for every finite float32 bid (|log(bid)| <= 104)
+MAX_ALPHA = 1e36
+
+
+def _triton(*, vocab: int = 1, beams: int = 1, **_) -> str | None:
+    if vocab > BEAM_STEP_TRITON_MAX_VOCAB:
+        return f"takes at most {BEAM_STEP_TRITON_MAX_VOCAB} codes per level, got {vocab}"
+    if beams * vocab >= 2**31:
+        return f"needs beams * vocab < 2**31, got {beams} * {vocab}"
+    return None
+
+
+def _cuda(*, vocab: int = 1, beams: int = 1, renormalize: bool = True, **_) -> str | None:
+    if not renormalize:
+        return "has no renormalize=False mode"
+    if beams * vocab >= MAX_BEAMS_TIMES_VOCAB:
+        return f"needs beams * vocab < {MAX_BEAMS_TIMES_VOCAB}, got {beams} * {vocab}"
+    return None
+
+
+CAPABILITIES = Capabilities("beam_step", {"cuda": _cuda, "triton": _triton, "torch": lambda **_: None})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +79,12 @@ class BeamStep:
         return self.scores > NEG_INF
 
 
+def log_beta(beta: float) -> float:
+    """``log(beta)`` in float64 (``-inf`` for 0): what the backends take instead of beta, so a
+    beta beyond float32's range (1e300) still weighs exactly."""
+    return math.log(beta) if beta > 0 else NEG_INF
+
+
 def beam_step(
     logits: torch.Tensor,
     beam_scores: torch.Tensor,
@@ -75,8 +103,8 @@ def beam_step(
     """Score every trie child of every beam and keep the ``k`` best per request.
 
     ``scores = beam_scores[n, p] + log_softmax_{admissible children}(logits[r] + w)[token]``
-    with ``w = log(child_max_bid ** alpha + beta)``; ranked by score descending, then parent
-    ascending, then token ascending (a stable sort of the flattened ``[P * V]`` candidates).
+    with ``w = log(child_max_bid ** alpha + beta)`` (``0 ** 0 == 1``); ranked by score
+    descending, then parent ascending, then token ascending.
 
     Parameters
     ----------
@@ -87,15 +115,13 @@ def beam_step(
     child_ptr : [n_l + 1] int32/int64 CSR pointers into the depth-(l+1) node arrays.
     child_code : [n_{l+1}] int32/int64 code of each depth-(l+1) node; the children of a node have
         distinct codes in ascending order (as ``_C.build_trie`` lays them out).
-    child_max_bid : [n_{l+1}] float32 max ad bid in each depth-(l+1) node's subtree.
+    child_max_bid : [n_{l+1}] float32 finite max ad bid in each depth-(l+1) node's subtree.
     k : beams to keep per request, ``k >= 1`` (may exceed the number of candidates).
-    alpha, beta : token-bid exponent and floor, ``w = log(max_bid ** alpha + beta)``.
+    alpha, beta : token-bid exponent and floor, finite, ``0 <= alpha <= MAX_ALPHA``, ``beta >= 0``.
     allowed : optional [N*P, V] bool; False removes a code from that row (slate rules).
     renormalize : True (default): log-softmax over the admissible children. False: the masked
-        values ``logits + w`` themselves (the logits are log-probabilities already). The CUDA
-        backend has no such mode: "auto" then runs Triton (or the reference without Triton),
-        an explicit "cuda" raises.
-    backend : "auto" | "torch" | "triton" | "cuda".
+        values ``logits + w`` themselves (the logits are log-probabilities already).
+    backend : "auto" | "torch" | "triton" | "cuda" (``CAPABILITIES`` says which runs what).
 
     Returns
     -------
@@ -105,117 +131,44 @@ def beam_step(
     Raises
     ------
     FieldError
-        A tensor has the wrong shape, dtype, layout or device, or ``k < 1``.
+        A tensor has the wrong shape, dtype, layout or device, or ``k``, ``alpha`` or ``beta``
+        is out of range.
     BackendUnavailableError
-        The requested backend cannot run here.
+        The requested backend cannot run here or cannot take this call.
     """
-    _check_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed, k)
-    chosen = resolve_backend(backend, logits.device, "beam_step")
-    if chosen == "cuda" and not renormalize:
-        if backend == "cuda":
-            raise BackendUnavailableError(
-                "beam_step: the CUDA backend has no renormalize=False mode; use backend='triton'"
-            )
-        chosen = "triton" if triton_available() else "torch"
+    _check_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed, k, alpha, beta)
+    chosen = resolve(CAPABILITIES, backend, logits.device, vocab=logits.shape[1],
+                     beams=beam_scores.shape[1], renormalize=bool(renormalize))
     args = (logits, beam_scores, row_node, child_ptr, child_code, child_max_bid)
-    options = dict(k=int(k), alpha=float(alpha), beta=float(beta), allowed=allowed)
+    options = dict(k=int(k), alpha=float(alpha), log_beta=log_beta(float(beta)), allowed=allowed)
     if chosen == "torch":
+        from .beam_step_torch import beam_step_torch
+
         return beam_step_torch(*args, **options, renormalize=bool(renormalize))
     if chosen == "triton":
         from ..kernels.beam_step import beam_step_triton
 
-        return beam_step_triton(*args, **options, renormalize=bool(renormalize))
-    from .._native import beam_step_cuda
+        return BeamStep(*beam_step_triton(*args, **options, renormalize=bool(renormalize)))
+    from .beam_step_cuda import beam_step_cuda
 
-    return BeamStep(*beam_step_cuda(*args, **options))  # the five [N, k] tensors, in field order
-
-
-def beam_step_torch(
-    logits: torch.Tensor,
-    beam_scores: torch.Tensor,
-    row_node: torch.Tensor,
-    child_ptr: torch.Tensor,
-    child_code: torch.Tensor,
-    child_max_bid: torch.Tensor,
-    *,
-    k: int,
-    alpha: float = 0.0,
-    beta: float = 0.0,
-    allowed: torch.Tensor | None = None,
-    renormalize: bool = True,
-) -> BeamStep:
-    """PyTorch reference: ``trie_log_softmax_torch`` -> exact top-k -> child lookup.
-
-    The top-k equals a stable descending sort of each request's flattened ``[P * V]`` scores
-    (``decoding.topk.full_topk``): every candidate gets a distinct int64 key, the score's
-    order-preserving integer image above ``2**32 - 1 - (p * V + c)``, so one ``torch.topk``
-    breaks ties by parent, then token, whatever its own tie order. The child of a kept
-    ``(row, token)`` is found by matching the rows' expanded child ranges (``trie_children``)
-    against the kept keys, so it does not rely on the codes being sorted.
-    """
-    n, p = beam_scores.shape
-    vocab = logits.shape[1]
-    logp = trie_log_softmax_torch(
-        logits, row_node, child_ptr, child_code, child_max_bid,
-        alpha=alpha, beta=beta, allowed=allowed, renormalize=renormalize,
-    ).view(n, p, vocab)
-    scores, parent, token = _ranked_topk(beam_scores.float()[..., None] + logp, k)
-    alive = scores > NEG_INF
-    parent = torch.where(alive, parent, 0)
-    token = torch.where(alive, token, 0)
-    request = torch.arange(n, device=logits.device)[:, None]
-    chosen_logp = torch.where(alive, logp[request, parent, token], NEG_INF)
-    child = _child_index(request * p + parent, token, alive, row_node, child_ptr, child_code, vocab)
-    return BeamStep(scores, parent, token, child, chosen_logp)
-
-
-def _ranked_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(values, parent, token)`` ``[N, k]`` of ``scores [N, P, V]`` by (value descending, parent,
-    token); entries past ``P * V`` are ``-inf`` with parent 0 and token 0."""
-    n, p, v = scores.shape
-    flat = scores.reshape(n, p * v) + 0.0  # -0.0 -> +0.0: equal scores get equal keys
-    bits = flat.view(torch.int32).long()
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # same order as the floats
-    index = torch.arange(p * v, device=scores.device)
-    key = (ordered << 32) + (0xFFFFFFFF - index)  # distinct; larger = better, then lower index
-    take = min(k, p * v)
-    flat_index = torch.topk(key, take, dim=1, sorted=True).indices
-    values = flat.gather(1, flat_index)
-    parent = torch.div(flat_index, v, rounding_mode="floor")
-    token = flat_index - parent * v
-    if take < k:
-        values = torch.cat([values, values.new_full((n, k - take), NEG_INF)], dim=1)
-        parent = torch.cat([parent, parent.new_zeros(n, k - take)], dim=1)
-        token = torch.cat([token, token.new_zeros(n, k - take)], dim=1)
-    return values, parent, token
-
-
-def _child_index(row, token, alive, row_node, child_ptr, child_code, vocab) -> torch.Tensor:
-    """CSR index of the child with code ``token`` of ``row_node[row]`` for the ``alive`` entries
-    (``-1`` elsewhere, or where there is none). The rows' expanded child ranges are looked up in
-    the sorted wanted ``(row, token)`` keys (distinct where alive): only ``N * k`` keys are
-    sorted."""
-    rows, child = trie_children(row_node, child_ptr)
-    want = torch.where(alive, row * vocab + token, -1).reshape(-1)
-    out = torch.full_like(want, -1)
-    if rows.numel() == 0 or want.numel() == 0:
-        return out.view(token.shape)
-    wanted, order = torch.sort(want)
-    pair = rows * vocab + child_code[child].long()
-    pos = torch.searchsorted(wanted, pair).clamp(max=wanted.numel() - 1)
-    hit = wanted[pos] == pair
-    found = torch.full_like(want, -1)
-    found[pos[hit]] = child[hit]
-    out[order] = found
-    return out.view(token.shape)
+    return BeamStep(*beam_step_cuda(*args, **options))
 
 
 def _check_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed,
-                  k) -> None:
-    from ..exceptions import FieldError
-
+                  k, alpha, beta) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise FieldError("k", f"is {k!r}", "an int >= 1")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= MAX_ALPHA:
+        raise FieldError("alpha", f"is {alpha!r}", f"a finite number >= 0, at most {MAX_ALPHA:g}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
+        raise FieldError("beta", f"is {beta!r}", "a finite number >= 0")
+    tensors = {"logits": logits, "beam_scores": beam_scores, "row_node": row_node, "child_ptr": child_ptr,
+               "child_code": child_code, "child_max_bid": child_max_bid}
+    if allowed is not None:
+        tensors["allowed"] = allowed
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise FieldError(name, f"is a {type(t).__name__}", "a torch.Tensor")
     if logits.dim() != 2:
         raise FieldError("logits", f"has shape {tuple(logits.shape)}", "[requests * beams, vocab]")
     if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -246,8 +199,6 @@ def _check_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_ma
     if allowed is not None and (allowed.shape != logits.shape or allowed.dtype != torch.bool):
         raise FieldError("allowed", f"has shape {tuple(allowed.shape)} dtype {allowed.dtype}",
                          f"bool {tuple(logits.shape)}")
-    named = {"beam_scores": beam_scores, "row_node": row_node, "child_ptr": child_ptr,
-             "child_code": child_code, "child_max_bid": child_max_bid, "allowed": allowed}
-    for name, t in named.items():
-        if t is not None and t.device != logits.device:
+    for name, t in tensors.items():
+        if t.device != logits.device:
             raise FieldError(name, f"is on {t.device}", f"the logits device {logits.device}")

@@ -14,15 +14,23 @@ values above ``S`` count as ``S``. Accumulation is float32 whatever the input dt
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._dispatch import Backend, resolve_backend
+from ..exceptions import FieldError
+from ..kernels.limits import ATTENTION_TRITON_MAX_HEAD_DIM
+from .decode_attention_cuda import MAX_HEAD_DIM as CUDA_MAX_HEAD_DIM
+from ._dispatch import Backend, Capabilities, head_dim_up_to, resolve
 
-__all__ = ["decode_attention", "decode_attention_torch"]
+__all__ = ["decode_attention", "CAPABILITIES"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+CAPABILITIES = Capabilities("decode_attention", {
+    "cuda": head_dim_up_to(CUDA_MAX_HEAD_DIM),
+    "triton": head_dim_up_to(ATTENTION_TRITON_MAX_HEAD_DIM),
+    "torch": lambda **_: None,
+})
 
 
 def decode_attention(
@@ -60,68 +68,21 @@ def decode_attention(
     BackendUnavailableError : the requested backend cannot run here.
     """
     _check_inputs(q, ctx_k, ctx_v, ctx_len, own_k, own_v)
-    chosen = resolve_backend(backend, q.device, "decode_attention")
+    chosen = resolve(CAPABILITIES, backend, q.device, head_dim=q.shape[-1])
     if chosen == "torch":
-        return decode_attention_torch(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
-    if chosen == "cuda":
-        from .._native import decode_attention_cuda
+        from .decode_attention_torch import decode_attention_torch
 
-        return decode_attention_cuda(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
+        return decode_attention_torch(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
     if chosen == "triton":
         from ..kernels.decode_attention import decode_attention_triton
 
         return decode_attention_triton(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
-    return decode_attention_torch(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
+    from .decode_attention_cuda import decode_attention_cuda
 
-
-def decode_attention_torch(
-    q: torch.Tensor,
-    ctx_k: torch.Tensor,
-    ctx_v: torch.Tensor,
-    ctx_len: torch.Tensor,
-    own_k: torch.Tensor | None = None,
-    own_v: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """PyTorch reference: one masked float32 softmax over the concatenated (context, own) scores.
-
-    The query heads of a key/value group are stacked with the beams (``[N, Hkv, P * G, D]``), so
-    the shared context is read by one batched matmul per request and key/value head, with no
-    copy of the context per query head or per beam.
-    """
-    n, p, hq, d = q.shape
-    hkv, s = ctx_k.shape[1], ctx_k.shape[2]
-    group = hq // hkv
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    qf = q.float().view(n, p, hkv, group, d)  # head h = g * group + j
-    stacked = qf.permute(0, 2, 1, 3, 4).reshape(n * hkv, p * group, d)
-    keys_t = ctx_k.float().transpose(-1, -2).reshape(n * hkv, d, s)
-    # 0 on the valid context positions, -inf on the padding: added by the matmul itself
-    bias = torch.zeros(n, s, device=q.device).masked_fill_(
-        torch.arange(s, device=q.device) >= ctx_len[:, None], float("-inf"))
-    bias = bias[:, None, None, :].expand(n, hkv, 1, s).reshape(n * hkv, 1, s)
-    score = torch.baddbmm(bias, stacked, keys_t, alpha=scale).view(n, hkv, p * group, s)
-    own = own_k is not None and own_k.shape[3] > 0
-    if own:
-        t = own_k.shape[3]
-        own_score = torch.matmul(qf, own_k.float().transpose(-1, -2)) * scale  # [N, P, Hkv, G, T]
-        score = torch.cat([score, own_score.permute(0, 2, 1, 3, 4).reshape(n, hkv, p * group, t)],
-                          dim=-1)
-    weight = torch.softmax(score, dim=-1)
-    out = torch.matmul(weight[..., :s], ctx_v.float())  # [N, Hkv, P*G, D]
-    out = out.view(n, hkv, p, group, d).permute(0, 2, 1, 3, 4)  # [N, P, Hkv, G, D]
-    if own:
-        own_weight = weight[..., s:].reshape(n, hkv, p, group, t).permute(0, 2, 1, 3, 4)
-        out = out + torch.matmul(own_weight, own_v.float())
-    has_key = (ctx_len > 0) | own  # a query without any key (softmax of all -inf) outputs zeros
-    out = torch.where(has_key[:, None, None, None, None], out, torch.zeros_like(out))
-    return out.reshape(n, p, hq, d).to(q.dtype)
+    return decode_attention_cuda(q, ctx_k, ctx_v, ctx_len, own_k, own_v, scale=scale)
 
 
 def _check_inputs(q, ctx_k, ctx_v, ctx_len, own_k, own_v) -> None:
-    from ..exceptions import FieldError
-
     if q.dim() != 4:
         raise FieldError("q", f"has shape {tuple(q.shape)}", "[N, P, Hq, D]")
     if q.dtype not in _DTYPES:

@@ -11,15 +11,20 @@ zero-length sequences are allowed. Accumulation is float32 whatever the input dt
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._dispatch import Backend, resolve_backend, triton_available
+from ..exceptions import FieldError
+from ..kernels.limits import ATTENTION_TRITON_MAX_HEAD_DIM
+from ._dispatch import Backend, Capabilities, head_dim_up_to, resolve
 
-__all__ = ["prefill_attention", "prefill_attention_torch"]
+__all__ = ["prefill_attention", "CAPABILITIES"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# no CUDA C++ version: "auto" runs Triton on a GPU
+CAPABILITIES = Capabilities("prefill_attention", {
+    "triton": head_dim_up_to(ATTENTION_TRITON_MAX_HEAD_DIM),
+    "torch": lambda **_: None,
+})
 
 
 def prefill_attention(
@@ -43,7 +48,7 @@ def prefill_attention(
     causal : token i attends to tokens j <= i of its sequence (else to all of them).
     scale : softmax scale, ``1 / sqrt(D)`` by default.
     backend : "auto" | "torch" | "triton". There is no CUDA C++ backend for this op: "cuda"
-        raises, and "auto" picks Triton on a GPU.
+        raises, and "auto" picks Triton on a GPU (``CAPABILITIES``).
     check_seqlens : check cu_seqlens' values (reads them on the host: one device sync per
         call). Callers that built cu_seqlens themselves (the engine's encoder, once per layer)
         pass False; shapes, dtypes and devices are checked either way.
@@ -59,64 +64,18 @@ def prefill_attention(
         ``check_seqlens``; reading its values synchronises with the device once).
     BackendUnavailableError : the requested backend cannot run here.
     """
-    from ..exceptions import BackendUnavailableError
-
-    if backend == "cuda":
-        raise BackendUnavailableError("prefill_attention has no CUDA backend; use triton")
     _check_inputs(q, k, v, cu_seqlens, check_seqlens)
-    chosen = resolve_backend(backend, q.device, "prefill_attention")
-    if chosen == "cuda":  # "auto" with the CUDA module built: this op is Triton's
-        chosen = "triton" if triton_available() else "torch"
+    chosen = resolve(CAPABILITIES, backend, q.device, head_dim=q.shape[-1])
     if chosen == "triton":
         from ..kernels.prefill_attention import prefill_attention_triton
 
         return prefill_attention_triton(q, k, v, cu_seqlens, causal=causal, scale=scale)
+    from .prefill_attention_torch import prefill_attention_torch
+
     return prefill_attention_torch(q, k, v, cu_seqlens, causal=causal, scale=scale)
 
 
-def prefill_attention_torch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    *,
-    causal: bool,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """PyTorch reference: one float32 masked softmax per sequence.
-
-    The query heads of a key/value group are stacked (``[Hkv, G * L, D]``), so each sequence's
-    keys and values are read by one batched matmul per key/value head, without copies per query
-    head; the causal mask is added by the score matmul itself (``baddbmm``).
-    """
-    total, hq, d = q.shape
-    hkv = k.shape[1]
-    group = hq // hkv
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    out = torch.zeros((total, hq, d), dtype=torch.float32, device=q.device)
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        length = end - start
-        if length <= 0:
-            continue
-        qs = q[start:end].float().view(length, hkv, group, d).permute(1, 2, 0, 3)
-        qs = qs.reshape(hkv, group * length, d)  # rows: (query head in group, token)
-        ks = k[start:end].float().permute(1, 2, 0)  # [Hkv, D, L]
-        vs = v[start:end].float().transpose(0, 1)  # [Hkv, L, D]
-        bias = torch.zeros(length, length, device=q.device)
-        if causal:
-            later = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
-            bias.masked_fill_(later, float("-inf"))
-        bias = bias.repeat(group, 1)  # [G * L, L]
-        score = torch.baddbmm(bias, qs, ks, alpha=scale)  # [Hkv, G * L, L]
-        rows = torch.softmax(score, dim=-1) @ vs  # [Hkv, G * L, D]
-        out[start:end] = rows.view(hkv, group, length, d).permute(2, 0, 1, 3).reshape(length, hq, d)
-    return out.to(q.dtype)
-
-
 def _check_inputs(q, k, v, cu_seqlens, check_seqlens: bool = True) -> None:
-    from ..exceptions import FieldError
-
     if q.dim() != 3:
         raise FieldError("q", f"has shape {tuple(q.shape)}", "[T, Hq, D]")
     if q.dtype not in _DTYPES:

@@ -14,6 +14,7 @@ decode (the offline evaluator also measures full re-decodes).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -23,7 +24,7 @@ from ..auction import find_misreports
 from ..auction.lists import CandidateLists, selection_mechanism
 from ..auction.regret import own_utility
 from ..model.payment import PaymentNetwork
-from ..post.pricing import network_pricing
+from ..post.pricing import network_prices
 
 __all__ = ["train_payment"]
 
@@ -43,7 +44,7 @@ def train_payment(
 ) -> None:
     """Train on the candidate lists of served requests (``lists [R, L, K]``, truthful bids)."""
     rng = np.random.default_rng(seed)
-    pricing = network_pricing(payment)
+    pricing = functools.partial(network_prices, payment)
     k = lists.bids.shape[-1]
     lam = torch.full((k,), lambda_init)  # start constrained: an unconstrained start saturates the sigmoid
     optimizer = torch.optim.Adam(payment.parameters(), lr=lr)
@@ -51,7 +52,7 @@ def train_payment(
     recent = []
     for step in range(steps):
         batch = lists.take(torch.as_tensor(rng.integers(0, len(lists.bids), batch_size)))
-        winner = batch.winner()
+        winner = batch.welfare().argmax(-1)
         values = batch.at(batch.bids, winner)
         is_ad = batch.at(batch.is_ad, winner)
         mechanism = selection_mechanism(batch, pricing)

@@ -99,10 +99,5 @@ def _served(engine: Engine, world: AdWorld, users: np.ndarray, slots: int):
 
 def _served_lists(engine: Engine, world: AdWorld, users: np.ndarray, config: DecodeConfig) -> CandidateLists:
     """The beam lists of ``users``' requests as the payment network prices them."""
-    chunks = [engine.serve_batch([world.request(int(u)) for u in users[start : start + 64]], config)
-              .candidate_lists(config.list_score) for start in range(0, len(users), 64)]
-    fields = {f.name: getattr(chunks[0], f.name) for f in dataclasses.fields(CandidateLists)}
-    for name, value in fields.items():
-        if isinstance(value, torch.Tensor):
-            fields[name] = torch.cat([getattr(c, name) for c in chunks])
-    return CandidateLists(**fields)
+    return CandidateLists.cat([engine.serve_batch([world.request(int(u)) for u in users[start : start + 64]], config)
+                               for start in range(0, len(users), 64)])

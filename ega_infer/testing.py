@@ -1,5 +1,6 @@
-"""A deterministic synthetic catalog and requests for a model config: the demo's inputs and
-the test suite's fixtures. (A full synthetic ad world with a click model is separate work.)"""
+"""Deterministic synthetic catalogs and requests for a model config: the fixtures of the tests
+and the inputs of the benchmarks (``ega_infer.world`` is the full synthetic ad world with a
+click model, which the demo and the trained default use)."""
 
 from __future__ import annotations
 
