@@ -309,10 +309,19 @@ class Engine:
 
 
 def _device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this host has (a ``ConfigError`` naming it otherwise)."""
+    expected = "'cpu' or a CUDA device this host has"
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ConfigError("device", f"is {device!r} ({exc})", "a torch device such as 'cpu' or 'cuda:0'") from None
+        raise ConfigError("device", f"is {device!r} ({exc})", expected) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError("device", f"is {str(device)!r} but this host has {count} CUDA devices", expected)
+    elif device.type != "cpu":
+        raise ConfigError("device", f"is {str(device)!r}", expected)
+    return device
 
 
 def _request_id(request: object) -> str:

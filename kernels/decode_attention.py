@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._attention import LOG2E, dot
+from ._attention import LOG2E, dot, load_kv_tile, online_softmax
 from ._launch import Launch
 
 __all__ = ["decode_attention_triton", "decode_attention_launches"]
@@ -77,31 +77,11 @@ def _ctx_block(
     s = s0 + offs_s
     kt_ptrs = k_base + s[None, :] * stride_ks + offs_d[:, None] * stride_kd  # [BLOCK_D, BLOCK_S]
     v_ptrs = v_base + s[:, None] * stride_vs + offs_d[None, :] * stride_vd  # [BLOCK_S, BLOCK_D]
-    if MASK_S:
-        s_ok = s < hi
-        if EVEN_D:
-            kt = tl.load(kt_ptrs, mask=s_ok[None, :], other=0.0)
-            v = tl.load(v_ptrs, mask=s_ok[:, None], other=0.0)
-        else:
-            kt = tl.load(kt_ptrs, mask=s_ok[None, :] & d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-    else:
-        if EVEN_D:
-            kt = tl.load(kt_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+    kt, v = load_kv_tile(kt_ptrs, v_ptrs, s < hi, d_ok, MASK_S, EVEN_D)
     score = dot(q, kt, None, DOT_PRECISION, UPCAST_DOT) * qk_scale
     if MASK_S:
         score = tl.where((s < hi)[None, :], score, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(score, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(score - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
-    return m_new, l_i, acc
+    return online_softmax(score, v, m_i, l_i, acc, DOT_PRECISION, UPCAST_DOT)
 
 
 @triton.jit

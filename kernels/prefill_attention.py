@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._attention import LOG2E, dot
+from ._attention import LOG2E, dot, load_kv_tile, online_softmax
 from ._launch import Launch
 
 __all__ = [
@@ -64,34 +64,14 @@ def _key_block(
     n = n0 + offs_n
     kt_ptrs = k_base + n[None, :].to(tl.int64) * stride_kt + offs_d[:, None] * stride_kd
     v_ptrs = v_base + n[:, None].to(tl.int64) * stride_vt + offs_d[None, :] * stride_vd
-    if MASK:
-        n_ok = n < seq_len
-        if EVEN_D:
-            kt = tl.load(kt_ptrs, mask=n_ok[None, :], other=0.0)
-            v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
-        else:
-            kt = tl.load(kt_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    else:
-        if EVEN_D:
-            kt = tl.load(kt_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+    kt, v = load_kv_tile(kt_ptrs, v_ptrs, n < seq_len, d_ok, MASK, EVEN_D)
     score = dot(q, kt, None, DOT_PRECISION, UPCAST_DOT) * qk_scale
     if MASK:
         keep = (n < seq_len)[None, :]
         if CAUSAL:
             keep = keep & (n[None, :] <= offs_m[:, None])
         score = tl.where(keep, score, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(score, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(score - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST_DOT)
-    return m_new, l_i, acc
+    return online_softmax(score, v, m_i, l_i, acc, DOT_PRECISION, UPCAST_DOT)
 
 
 @triton.jit
