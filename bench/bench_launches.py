@@ -22,9 +22,11 @@ model path as the kernel backends; only inside the ops does it differ), under a
 * per stage: each launch is stamped with the wall clock and falls in the stage whose window it
   lies in; the windows are the ``latency_ms`` stages of the returned slate laid end to end from
   the first call of ``prepare_request`` (which opens ``validate``). Launches outside every
-  window are ``between``. On the CPU's eager path a batch of fewer than 4 requests is padded
-  and the padding dropped after ``payment``: those launches land in ``respond`` / ``between``
-  and do not exist on the GPU's graph path. Against a stage-aware count through the engine's
+  window are ``between``. The CPU path's batch-invariance measures run other aten calls than
+  the GPU's: a ``model.layers.Linear`` counts as its one matrix product and
+  ``model.layers.math_attention`` as one SDPA kernel; ``rowwise`` (a few elementwise ops on
+  padded rows) adds a pad per call, so counts here are a little above the GPU's. Against a
+  stage-aware count through the engine's
   internals (tiny preset, both modes, AMD EPYC CPU, 2026-12-03) the totals were equal and each
   stage within 2 launches (a launch at a stage's very end can fall in the next window).
 
@@ -51,6 +53,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import _harness
 
 from ega_infer import Engine, ops
+from ega_infer.model import layers
 from ega_infer.benchmark import result, row
 from ega_infer.request import prepare_request
 from ega_infer.testing import synthetic_catalog, synthetic_requests
@@ -61,8 +64,10 @@ SHAPES = {
              dict(preset="ega-base", mode="lists", batch=1), dict(preset="gr4ad-base", mode="candidates", batch=1)],
 }
 # launches of the GPU backend that serves each public op, and of F.rms_norm on CUDA
+# (a Linear is one matrix product, and attention one SDPA kernel, on a GPU: on the CPU they pad
+# rows or spell attention out for batch invariance, see ega_infer/model/layers.py)
 _OP_LAUNCHES = {ops.beam_step.__code__: 2, ops.decode_attention.__code__: 1, ops.prefill_attention.__code__: 1,
-                F.rms_norm.__code__: 1}
+                F.rms_norm.__code__: 1, layers.Linear.forward.__code__: 1, layers.math_attention.__code__: 1}
 _FREE = {
     "view", "_unsafe_view", "t", "transpose", "unsqueeze", "squeeze", "expand", "permute", "slice",
     "select", "as_strided", "alias", "detach", "split", "unbind", "_reshape_alias", "split_with_sizes",

@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--batches", default="8,16,32,64,128,256", help="comma-separated batch sizes")
     bench.add_argument("--iters", type=int, default=3, help="timed batches per batch size")
     bench.add_argument("--batch1-iters", type=int, default=20)
+    bench.add_argument("--threads", type=int, default=1,
+                       help="torch threads on a CPU (set explicitly: an oversubscribed pool is far slower)")
     bench.add_argument("--out", default=None, help="JSON path (default bench/results/e2e_<preset>_<machine>_<time>.json)")
     bench.add_argument("--plot", default=None, help="PNG path (default: beside the JSON)")
     bench.add_argument("--hf", action="store_true",
@@ -173,6 +175,11 @@ def _bench(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(option, f"is {text!r}", "comma-separated integers") from None
 
+    if args.threads < 1:
+        raise ConfigError("--threads", f"is {args.threads}", "a positive int")
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.hf:
         result = run_hf_bench(HFBenchConfig(device=args.device, items=args.hf_items,
                                             beams=ints("--hf-beams", args.hf_beams)))

@@ -59,7 +59,7 @@ class Attention(nn.Module):
     ``project_kv`` and ``project_q`` return ``[..., heads, length, head_dim]``; ``attend`` runs
     scaled dot-product attention with ``enable_gqa`` (key/value heads are never expanded in
     memory) and projects the output. On a CPU it is spelled out as matrix products and a
-    softmax (``_math_attention``): PyTorch's fused CPU kernel splits its work across threads so
+    softmax (``math_attention``): PyTorch's fused CPU kernel splits its work across threads so
     that a row's result depends on where it sits in the batch, and a request's slate must not
     depend on its batch-mates.
     """
@@ -92,7 +92,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """``q [..., H, Lq, hd]``, ``k, v [..., Hkv, Lk, hd]``, bool ``mask`` (True = attend)."""
         if q.device.type == "cpu":
-            out = _math_attention(q, k, v, mask)
+            out = math_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(out.transpose(-2, -3).flatten(-2))
@@ -128,7 +128,7 @@ class Attention(nn.Module):
         return self.o_proj(out.flatten(-2))
 
 
-def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Scaled dot-product attention as batched matrix products (each batch element its own
     product of fixed shape): the query heads of a key/value group are the rows of one product."""
     *batch, heads, length, dim = q.shape
