@@ -41,7 +41,6 @@ candidates), full also ega-base and gr4ad-base; ``--shape preset=ega-base batch=
 from __future__ import annotations
 
 import bisect
-import collections
 import dataclasses
 import sys
 import time

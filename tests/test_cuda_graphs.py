@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from ega_infer import DecodeConfig, Engine
+from ega_infer import Engine
 from ega_infer.testing import synthetic_catalog, synthetic_requests
 from ega_infer.runtime.graphs import DecodeGraphs
 

@@ -3,7 +3,6 @@ world generated from ``seed``. ``ega-infer train --out DIR`` runs it."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
