@@ -193,3 +193,11 @@ def test_host_syncs_on_cuda(device) -> None:
 
     assert syncs(lambda: build_trie_device(codes, is_ad, bids, sizes)) == 1
     assert syncs(lambda: DeviceTrie.from_tensors(arrays, sizes, device)) == 1
+
+
+@pytest.mark.parametrize("sizes", [["32", 32, 32], [32, 3.7, 32], [True, 32, 32], "323", 32, [32, None, 32]])
+def test_build_trie_device_refuses_codebook_sizes_that_are_not_ints(device, sizes) -> None:
+    args = _ok(device)
+    with pytest.raises(CatalogError) as info:
+        build_trie_device(args["codes"], args["is_ad"], args["bids"], sizes)
+    assert info.value.field.startswith("codebook_sizes")

@@ -19,6 +19,7 @@ There is no Python loop over items or nodes, only over the few levels.
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -253,13 +254,14 @@ _INT_DTYPES = (torch.int32, torch.int64)
 
 
 def _check_sizes(codebook_sizes: Sequence[int]) -> list[int]:
-    sizes = [int(k) for k in codebook_sizes]
-    if not sizes:
+    if isinstance(codebook_sizes, (str, bytes)) or not isinstance(codebook_sizes, Sequence):
+        raise CatalogError("codebook_sizes", f"is a {type(codebook_sizes).__name__}", "one codebook size per level")
+    if not codebook_sizes:
         raise CatalogError("codebook_sizes", "is empty", "one codebook size per level")
-    for level, k in enumerate(sizes):
-        if not 1 <= k <= 2**31 - 1:
-            raise CatalogError(f"codebook_sizes[{level}]", f"= {k} is out of range", "a size in [1, 2147483647]")
-    return sizes
+    for level, k in enumerate(codebook_sizes):
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or not 1 <= k <= 2**31 - 1:
+            raise CatalogError(f"codebook_sizes[{level}]", f"= {k!r} is out of range", "an int size in [1, 2147483647]")
+    return [int(k) for k in codebook_sizes]
 
 
 def _check_tensor(name: str, t, dtypes, ndim: int, device: torch.device | None) -> None:
