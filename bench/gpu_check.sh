@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
-# The GPU pass in two calls that each fit one device command (< 10 minutes on an H100/H200):
+# The GPU pass in two runs of under 10 minutes each on an H100/H200:
 #
 #   bash bench/gpu_check.sh tests [OUTDIR]   # build for the local GPU only, CUDA/Triton tests,
 #                                            # every GPU benchmark's check at its small shapes
 #   bash bench/gpu_check.sh bench [OUTDIR]   # end-to-end goals, profile, every GPU benchmark at
 #                                            # its full shapes (bench/_harness.py), HF bench
 #
-# OUTDIR defaults to $OUT (the device tool) or ./gpu_out. After every phase the log is there
-# and bench/results is packed, with the log, into one archive (results_MODE.tgz; two files in
-# all, within what the device tool brings back), so a lease that runs out keeps what finished.
-# A warm machine keeps the build and Triton's cache between the two calls (the bench call
-# rebuilds only what changed).
+# OUTDIR defaults to $OUT when set, else ./gpu_out. After every phase the log is there and
+# bench/results is packed, with the log, into one archive (results_MODE.tgz: two files in all),
+# so a run cut short keeps what finished. The same host keeps the build and Triton's cache
+# between the two runs (the bench run rebuilds only what changed).
 #
 # Triton compiles every kernel specialisation on first use (dozens for gr4ad-base, seconds each).
-# To spend the lease measuring instead, compile them here first, on the CPU machine, and carry
-# the result (an ignored path) with the device call:
+# To spend the GPU time measuring instead, compile them first on any machine with the same
+# Triton build and copy the result (an ignored path) into the repository root on the GPU host:
 #
 #   .venv/bin/ega-infer compile --arch sm_90 --out .aot --no-cuda-check    # ~70 s, ~18 MB
-#   run(command="bash bench/gpu_check.sh bench", carry=[".aot"])
+#   bash bench/gpu_check.sh bench                                          # on the GPU host, with .aot
 #
 # The script seeds Triton's cache from .aot/triton-cache; entries only hit when the GPU host's
 # Triton build hashes the same (otherwise it compiles as usual).
@@ -46,7 +45,7 @@ phase() {  # phase NAME SECONDS COMMAND...
   local rc=$?
   SUMMARY+=("$(printf '%-28s rc=%-4s %4ss' "$name" "$rc" "$((SECONDS - start))")")
   tail -n 3 "$LOG"
-  tar czf "$OUTDIR/results_$MODE.tgz" bench/results "$LOG" 2>/dev/null  # kept if a later phase runs out the lease
+  tar czf "$OUTDIR/results_$MODE.tgz" bench/results "$LOG" 2>/dev/null  # kept if a later phase runs out of time
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$LOG" 2>&1
@@ -63,7 +62,7 @@ if [ "$MODE" = tests ]; then
   # each (op, provider, small shape) once, checked against its reference (no timing)
   phase bench-checks 60 $PY -m pytest -q -p no:cacheprovider --device=cuda --benchmark-disable -rs \
     bench/bench_beam_step.py bench/bench_decode_attention.py bench/bench_prefill_attention.py bench/bench_device_trie.py
-else  # the goals first: if the lease runs out, the end-to-end numbers are what is left
+else  # the goals first: if time runs out, the end-to-end numbers are what is left
   phase e2e-gr4ad 120 $PY -m ega_infer bench --preset gr4ad-base --device cuda --dtype bfloat16 \
     --mode candidates --items 1000000 --batches 8,32,128,256 --iters 5
   phase e2e-ega 80 $PY -m ega_infer bench --preset ega-base --device cuda --dtype bfloat16 \

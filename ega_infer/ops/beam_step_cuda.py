@@ -2,8 +2,9 @@
 ``csrc/beam_step.cuh`` (two launches, no host sync) through ``ega_infer._cuda``.
 
 The public op has already checked shapes, dtypes, devices and ``k``; this wrapper only puts the
-inputs in the form the kernels read (index dtypes, contiguous arrays), checks what only the kernels
-limit (a CUDA device, ``beams * vocab < 2**32``) and allocates the outputs and the workspace.
+inputs in the form the kernels read (index dtypes, contiguous arrays), checks the device and
+allocates the outputs and the workspace (``beams * vocab < 2**32`` is the op's capability table's,
+checked again by the C++ launcher).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def beam_step_cuda(
     Raises
     ------
     FieldError
-        The tensors are not on a CUDA device, or ``beams * vocab >= 2**32``.
+        The tensors are not on a CUDA device.
     BackendUnavailableError
         ``ega_infer._cuda`` is not built (the message says how to rebuild).
     """
@@ -84,8 +85,6 @@ def beam_step_cuda(
         raise FieldError("logits", f"is on {device}", "a CUDA tensor for backend 'cuda'")
     requests, beams = beam_scores.shape
     rows, vocab = logits.shape
-    if beams * vocab >= MAX_BEAMS_TIMES_VOCAB:
-        raise FieldError("logits", f"has beams * vocab = {beams} * {vocab}", "< 2**32")
 
     if rows == 0 or vocab == 0:  # no candidate at all: every entry is a missing one
         neg_inf = torch.full((requests, k), float("-inf"), dtype=torch.float32, device=device)

@@ -3,7 +3,7 @@
 kernel) through ``ega_infer._cuda``.
 
 The public op has already checked shapes, dtypes and devices; this wrapper only checks what the
-kernels limit (a CUDA device, ``D <= MAX_HEAD_DIM``), copies the inputs whose layout would keep
+kernels need (a CUDA device; ``D <= MAX_HEAD_DIM`` is the op's capability table's), copies the inputs whose layout would keep
 the tensor-core kernel from running, and allocates the output and the split-K workspace.
 """
 
@@ -15,7 +15,7 @@ import math
 import torch
 
 from .._native import cuda_module
-from ..exceptions import BackendUnavailableError, FieldError
+from ..exceptions import FieldError
 
 __all__ = ["MAX_HEAD_DIM", "MMA_MAX_HEAD_DIM", "decode_attention_cuda", "kernel_inputs"]
 
@@ -95,7 +95,8 @@ def decode_attention_cuda(
     FieldError
         q is not on a CUDA device, or ``num_splits`` is not None or an int >= 1.
     BackendUnavailableError
-        ``D > MAX_HEAD_DIM``, or ``ega_infer._cuda`` is not built.
+        ``ega_infer._cuda`` is not built. (``D > MAX_HEAD_DIM`` is refused by the op's
+        capability table, and again by the C++ launcher.)
     """
     module = cuda_module()
     device = q.device
@@ -103,11 +104,6 @@ def decode_attention_cuda(
         raise FieldError("q", f"is on {device}", "a CUDA tensor for backend 'cuda'")
     n, p, hq, d = q.shape
     hkv, s = ctx_k.shape[1], ctx_k.shape[2]
-    if d > MAX_HEAD_DIM:
-        raise BackendUnavailableError(
-            f"decode_attention: the CUDA kernels take head dims up to {MAX_HEAD_DIM}, "
-            f"got {d}; use backend='torch'"
-        )
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
                                    or num_splits < 1):
         raise FieldError("num_splits", f"is {num_splits!r}", "None or an int >= 1")
