@@ -393,6 +393,51 @@ class Catalog:
         except CatalogError as exc:
             raise CatalogFileError(exc.field, f"{exc.problem} (in {path})", exc.expected) from None
 
+    def to_parquet(self, path: str | Path) -> None:
+        """Write the catalog as the Parquet tables ``path/items.parquet`` and
+        ``path/creatives.parquet`` (``path``, a directory, is created if missing), the codebook
+        sizes in the items table's metadata. Needs pyarrow. Raises CheckpointError when the
+        files cannot be written or pyarrow is not installed."""
+        from .parquet import write_catalog
+
+        write_catalog(self, path)
+
+    @classmethod
+    def from_parquet(
+        cls,
+        path: str | Path,
+        creatives: str | Path | None = None,
+        *,
+        codebook_sizes: Sequence[int] | None = None,
+        creative_codebook_sizes: Sequence[int] | None = None,
+    ) -> Catalog:
+        """The catalog of Parquet tables, as ``to_parquet`` writes them or an ad pipeline does.
+
+        ``path``: a directory holding ``items.parquet`` (and ``creatives.parquet``), or an items
+        file. ``creatives``: the creatives file; by default ``creatives.parquet`` next to the
+        items file, and without one the catalog has no creatives. Items columns: ``item_id``
+        (integer), ``poi_codes`` (list of C integers), ``is_ad`` (bool), ``bid`` (float32 or
+        float64); creatives columns: ``item_id``, ``creative_id`` (integers), ``creative_codes``
+        (list of Cc integers); no nulls, no other columns. The codebook sizes come from the
+        keyword arguments or the items table's metadata (``ega_infer.codebook_sizes``,
+        ``ega_infer.creative_codebook_sizes``, JSON lists, with ``ega_infer.format`` =
+        ``"ega_infer.catalog.parquet/1"``); both must agree where both are given. The content
+        follows the rules of ``from_arrays``. Needs pyarrow.
+
+        Raises
+        ------
+        CheckpointError: a file is missing, not Parquet or unreadable, or pyarrow is missing.
+        CatalogFileError (a CheckpointError and a CatalogError): a column is missing, extra,
+        of the wrong type, null (``"bid[3]"``) or of the wrong length (``"poi_codes[5]"``), a
+        metadata key is missing or malformed, or the content is not a valid catalog.
+        CatalogError: ``codebook_sizes`` or ``creative_codebook_sizes`` is malformed.
+        """
+        from .parquet import read_catalog
+
+        return read_catalog(
+            cls, path, creatives, codebook_sizes=codebook_sizes, creative_codebook_sizes=creative_codebook_sizes,
+        )
+
     def __repr__(self) -> str:
         return (
             f"Catalog({len(self)} items, {self.num_ads} ads, {len(self.creative_ids)} creatives, "
