@@ -26,8 +26,12 @@ BENCH_OPTS ?= --device cpu --size small
 VENV := .venv
 # torch is pinned EXACTLY: 2.13.0 is the CPU build that lies on local disk; a looser pin makes
 # pip pull a multi-GB CUDA build.
+# Serving: FastAPI + uvicorn + pydantic (HTTP, OpenAPI), prometheus-client (/metrics), pyarrow
+# (Parquet catalogs), httpx (HTTP tests, load generator), Ray Serve (more than one process).
 DEPS := torch==2.13.0 numpy pybind11 scikit-build-core safetensors pytest pytest-benchmark matplotlib \
-        triton==3.6.0 transformers==5.23.0
+        triton==3.6.0 transformers==5.23.0 \
+        fastapi==0.142.2 uvicorn==0.54.0 prometheus-client==0.26.0 pyarrow==25.0.1 httpx==0.28.1 \
+        "ray[serve]==2.58.0"
 MIN_CMAKE := 3.25
 
 ifeq ($(strip $(PYTHON)),)

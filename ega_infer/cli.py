@@ -1,5 +1,5 @@
 """Command line: ``ega-infer demo`` (the main job on the embedded default), ``eval``, ``bench``,
-``info``, ``train`` and ``compile``."""
+``info``, ``train``, ``compile``, ``serve`` (the HTTP API) and ``loadtest``."""
 
 from __future__ import annotations
 
@@ -62,7 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     comp.add_argument("--no-cuda-check", action="store_true",
                       help="do not require ega_infer._cuda to carry code for every architecture")
     comp.add_argument("--keep-ir", action="store_true", help="keep Triton's TTIR/TTGIR/LLVM IR/PTX files too")
+    from .serving.launch import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="the HTTP API (FastAPI + uvicorn): POST /v1/slates, /health, "
+                                                     "/ready, /metrics, catalog and weight admin"))
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        from .serving.launch import run_serve
+
+        return run_serve(args)
     if args.command == "compile":
         return _compile(args)
     if args.command == "demo":

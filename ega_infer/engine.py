@@ -7,6 +7,10 @@ creatives, reward-model list selection, payments; one CUDA graph on a GPU). The 
 every op is resolved once per batch. Catalog swaps are atomic: a batch decodes against the
 catalog it started with.
 
+Catalog and weight updates are atomic too (``set_catalog``, ``set_weights``): each gets a new
+version, which every slate reports, and a batch runs start to end on the catalog and the weights
+it started with.
+
 Memory is bounded per batch: at most ``max_batch`` requests run together (larger calls are
 served in chunks), each with at most ``encoder.max_history`` behaviours and ``num_slots``
 organic items, and at most ``max_beams`` beams per request (widths beyond what the catalog can
@@ -16,6 +20,7 @@ fill are served at what it can fill).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 from contextlib import contextmanager
@@ -28,9 +33,9 @@ import torch
 from .auction.lists import CandidateLists
 from .catalog import Catalog, DeviceCatalog
 from .decoding import DecodeConfig, DecodeSpec
-from .exceptions import CatalogError, ConfigError, EgaInferError, RequestError
+from .exceptions import CatalogError, ConfigError, ConfigFileError, EgaInferError, RequestError, show_value
 from .model import GenerativeAdModel
-from .model.fp8 import quantize_fp8
+from .model.fp8 import FP8Linear, quantize_fp8
 from .ops import OpBackends, resolve_backends
 from .pipeline import decode_to_payments
 from .presets import PRESETS, get_preset
@@ -63,18 +68,20 @@ class Engine:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, f"is {value!r}", "a positive int")
         self.device = _device(device)
-        self.model = model.to(self.device).eval()
         self.config = model.config
         self.default_config = default_config or DecodeConfig()
         self.max_beams = max_beams
         self.max_batch = max_batch
+        self.cuda_graphs = cuda_graphs
         self._catalog: Catalog | None = None
         self._device_catalog: DeviceCatalog | None = None
+        self._catalog_version = ""
+        # versions given when an update names none: catalogs 1, 2, ...; weights 1 (these), 2, ...
+        self._catalog_versions, self._model_versions = itertools.count(1), itertools.count(2)
         self._lock = threading.Lock()
+        self._weights_lock = threading.Lock()  # one set_weights at a time
         self.beam_controller = BeamController()
-        # post-encode CUDA graphs (kernel backends on a GPU); None elsewhere
-        self.decode_graphs = (DecodeGraphs(1 + self.config.encoder.max_history)
-                              if cuda_graphs and self.device.type == "cuda" else None)
+        self._weights = self._weights_state(model.to(self.device).eval(), "1")
         self._graph_lock = threading.Lock()
 
     @classmethod
@@ -126,13 +133,64 @@ class Engine:
             quantize_fp8(model)
         return cls(model, device, default, cuda_graphs, max_beams=max_beams)
 
+    # -- weights -----------------------------------------------------------------------------
+    @property
+    def model(self) -> GenerativeAdModel:
+        """The model serving new batches (``set_weights`` swaps it)."""
+        return self._weights.model
+
+    @property
+    def model_version(self) -> str:
+        return self._weights.version
+
+    @property
+    def decode_graphs(self) -> DecodeGraphs | None:
+        """The CUDA graphs of the current weights (None off a GPU or with ``cuda_graphs=False``)."""
+        return self._weights.graphs
+
+    @decode_graphs.setter
+    def decode_graphs(self, graphs: DecodeGraphs | None) -> None:
+        self._weights = dataclasses.replace(self._weights, graphs=graphs)
+
+    def set_weights(self, path: str | Path, version: str | None = None) -> str:
+        """Serve the weights of the model directory at ``path`` (``save_pretrained``'s), of the
+        same architecture as the model served now, from the next batch; returns the new model
+        version (``version``, or the next number). The checkpoint is read, checked (every
+        config field but ``name``, then every tensor's name and shape), cast to the served
+        dtype and FP8-quantized like the served model before the swap, and the CUDA graphs
+        are captured again for it; in-flight batches finish on the weights they started with.
+        A bad checkpoint raises ``CheckpointError`` (``ConfigFileError`` naming the config
+        field that differs) and leaves the old weights serving."""
+        version = _version("version", version)
+        with self._weights_lock:
+            model = GenerativeAdModel.from_pretrained(path, device="cpu")
+            _same_architecture(model.config, self.config, path)
+            current = self._weights.model
+            model = model.to(next(current.parameters()).dtype)
+            if any(isinstance(m, FP8Linear) for m in current.modules()):
+                quantize_fp8(model)
+            state = self._weights_state(model.to(self.device).eval(), version or str(next(self._model_versions)))
+            self._weights = state  # one assignment: a batch reads the old state or the new one whole
+        return state.version
+
+    def _weights_state(self, model: GenerativeAdModel, version: str) -> _Weights:
+        # post-encode CUDA graphs (kernel backends on a GPU); None elsewhere. The graphs read
+        # the weights in place, so each model has its own.
+        graphs = (DecodeGraphs(1 + self.config.encoder.max_history)
+                  if self.cuda_graphs and self.device.type == "cuda" else None)
+        return _Weights(model, version, graphs)
+
     # -- catalog -----------------------------------------------------------------------------
-    def set_catalog(self, catalog: Catalog) -> None:
+    def set_catalog(self, catalog: Catalog, version: str | None = None) -> str:
         """Swap in a catalog (checked against the model's codebooks, its device arrays built
-        first); in-flight batches keep theirs."""
+        first); in-flight batches keep theirs. Returns its version: ``version``, or the next
+        number when None."""
+        version = _version("version", version)
         state = self._catalog_state(catalog)
         with self._lock:
             self._catalog, self._device_catalog = state
+            self._catalog_version = version or str(next(self._catalog_versions))
+            return self._catalog_version
 
     def _catalog_state(self, catalog: Catalog) -> tuple[Catalog, DeviceCatalog]:
         if not isinstance(catalog, Catalog):
@@ -148,25 +206,34 @@ class Engine:
             )
         return catalog, catalog.on_device(self.device)
 
-    def _current(self, catalog: Catalog | None) -> tuple[Catalog, DeviceCatalog]:
+    def _current(self, catalog: Catalog | None) -> tuple[Catalog, DeviceCatalog, str]:
+        """The catalog a batch is served on, its device arrays and its version (``"what-if"``
+        for a catalog passed to one call)."""
         if catalog is not None:
-            return self._catalog_state(catalog)
+            return *self._catalog_state(catalog), "what-if"
         with self._lock:
-            current, arrays = self._catalog, self._device_catalog
+            current, arrays, version = self._catalog, self._device_catalog, self._catalog_version
         if current is None or arrays is None:
             raise CatalogError("catalog", "is not set", "a Catalog given to Engine.set_catalog first")
-        return current, arrays
+        return current, arrays, version
 
     @property
     def catalog(self) -> Catalog | None:
         return self._catalog
 
+    @property
+    def catalog_version(self) -> str:
+        """The version of the catalog serving new batches ("" before ``set_catalog``)."""
+        return self._catalog_version
+
     def stats(self) -> dict:
         """Serving statistics: per beam schedule, batches and requests served and recent p50/p99
-        batch latency (dynamic beam serving); CUDA graphs captured and replayed."""
+        batch latency (dynamic beam serving); CUDA graphs captured and replayed; the catalog
+        and model versions."""
         graphs = self.decode_graphs
         return {"beam_schedules": self.beam_controller.stats(),
-                "cuda_graphs": None if graphs is None else {"captured": graphs.captures, "replays": graphs.replays}}
+                "cuda_graphs": None if graphs is None else {"captured": graphs.captures, "replays": graphs.replays},
+                "catalog_version": self.catalog_version, "model_version": self.model_version}
 
     # -- generation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -178,21 +245,23 @@ class Engine:
         evaluation). ``queue_depth`` (requests waiting behind this batch) drives dynamic beam
         serving when the config has ``fallback_beams`` or a ``latency_target_ms``. More than
         ``max_batch`` requests are served in chunks of ``max_batch``."""
-        config = self._config(config)
+        config = self.check_config(config)
         if isinstance(requests, (str, bytes, dict)) or not isinstance(requests, Sequence):
             raise RequestError("requests", f"is a {type(requests).__name__}", "a list of ega_infer.Request")
         if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 0:
             raise ConfigError("queue_depth", f"is {queue_depth!r}", "an int >= 0")
-        catalog, arrays = self._current(catalog)
+        served_on = self._current(catalog)
+        weights = self._weights  # the whole call runs on one catalog and one set of weights
         slates: list[Slate] = []
         for start in range(0, len(requests), self.max_batch):
             chunk = requests[start:start + self.max_batch]
             waiting = queue_depth + len(requests) - start - len(chunk)
-            slates += self._generate(chunk, start, config, catalog, arrays, waiting)
+            slates += self._generate(chunk, start, config, served_on, weights, waiting)
         return slates
 
-    def _generate(self, requests: Sequence[Request], offset: int, config: DecodeConfig, catalog: Catalog,
-                  arrays: DeviceCatalog, queue_depth: int) -> list[Slate]:
+    def _generate(self, requests: Sequence[Request], offset: int, config: DecodeConfig,
+                  served_on: tuple[Catalog, DeviceCatalog, str], weights: _Weights, queue_depth: int) -> list[Slate]:
+        catalog, arrays, catalog_version = served_on
         schedule = self.beam_controller.choose(config, len(requests), queue_depth)
         spec = config.spec(schedule)
         backends = self._backends(config, spec)
@@ -212,26 +281,28 @@ class Engine:
         ids = [_request_id(r) for r in requests]
         served = [i for i in range(len(requests)) if i not in errors]
         if served:
-            lists = self._serve(prepared, spec, backends, arrays, timer)
+            lists = self._serve(prepared, spec, backends, arrays, timer, weights)
             with timer("respond"):
                 out = to_host(lists.tensors())  # one device-to-host copy for every field
                 built = iter(build_slates(out, catalog, spec.mode, spec.num_slots, config.num_candidates,
                                           [ids[i] for i in served]))
             self.beam_controller.record(schedule, len(served), timer.ms["total"])
-        latency = timer.ms
-        return [Slate(ids[i], error=errors[i], latency_ms=latency) if i in errors
-                else dataclasses.replace(next(built), latency_ms=latency) for i in range(len(requests))]
+        served_with = dict(latency_ms=timer.ms, catalog_version=catalog_version, model_version=weights.version,
+                           beam_schedule=tuple(schedule))
+        return [Slate(ids[i], error=errors[i], **served_with) if i in errors
+                else dataclasses.replace(next(built), **served_with) for i in range(len(requests))]
 
     @torch.no_grad()
     def serve_batch(self, requests: Sequence[Request], config: DecodeConfig | None = None,
                     catalog: Catalog | None = None) -> CandidateLists:
         """The pipeline's tensors for a batch (for evaluation and re-pricing); unlike
         ``generate`` it raises ``RequestError`` on the first bad request."""
-        config = self._config(config)
-        catalog, arrays = self._current(catalog)
+        config = self.check_config(config)
+        catalog, arrays, _ = self._current(catalog)
         spec = config.spec()
         prepared = [prepare_request(r, self.config, catalog, spec.mode == "lists", spec.num_slots) for r in requests]
-        return self._serve(prepared, spec, self._backends(config, spec), arrays, _StageTimer(self.device))
+        return self._serve(prepared, spec, self._backends(config, spec), arrays, _StageTimer(self.device),
+                           self._weights)
 
     @torch.no_grad()
     def warmup(self, config: DecodeConfig | None = None, batch_sizes: Sequence[int] | None = None) -> dict:
@@ -241,8 +312,9 @@ class Engine:
         under load would pay exactly when latency matters. The batch is built from shapes (the
         longest history, the first organic items); it needs a catalog, and a catalog swap
         captures again on its first batch. Returns what was run and how long it took."""
-        config = self._config(config)
-        catalog, arrays = self._current(None)
+        config = self.check_config(config)
+        catalog, arrays, _ = self._current(None)
+        weights = self._weights
         if batch_sizes is None:
             batch_sizes = self.decode_graphs.buckets if self.decode_graphs is not None else (1,)
         if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes or any(
@@ -257,7 +329,7 @@ class Engine:
             backends = self._backends(config, spec)
             request = self._shaped_request(catalog, spec)
             for size in batch_sizes:
-                self._serve([request] * size, spec, backends, arrays, _StageTimer(self.device))
+                self._serve([request] * size, spec, backends, arrays, _StageTimer(self.device), weights)
                 runs += 1
         return {"schedules": len(config.schedules()), "batch_sizes": tuple(batch_sizes), "runs": runs,
                 "seconds": time.perf_counter() - start, **(self.stats()["cuda_graphs"] or {})}
@@ -272,7 +344,9 @@ class Engine:
             np.zeros(history, np.int64), np.zeros(history, np.int64), organic.astype(np.int64),
         )
 
-    def _config(self, config: DecodeConfig | None) -> DecodeConfig:
+    def check_config(self, config: DecodeConfig | None) -> DecodeConfig:
+        """``config`` (None: the default) checked against this engine: beam widths within
+        ``max_beams``, ``num_slots`` within the model's ``max_slots``; ``ConfigError`` otherwise."""
         config = self.default_config if config is None else config
         if not isinstance(config, DecodeConfig):
             raise ConfigError("config", f"is a {type(config).__name__}", "an ega_infer.DecodeConfig")
@@ -296,16 +370,48 @@ class Engine:
         )
 
     def _serve(self, prepared: Sequence[PreparedRequest], spec: DecodeSpec, backends: OpBackends,
-               arrays: DeviceCatalog, timer: _StageTimer) -> CandidateLists:
+               arrays: DeviceCatalog, timer: _StageTimer, weights: _Weights) -> CandidateLists:
+        model, graphs = weights.model, weights.graphs
         with timer("encode"):
             history, organic = collate(prepared, self.device, self.config.encoder.max_history)
-            memory, mask = self.model.encoder(history, backends.prefill_attention)
-        graphs = self.decode_graphs
+            memory, mask = model.encoder(history, backends.prefill_attention)
         if graphs is None or not graphs.supports(len(prepared), backends):
-            return decode_to_payments(self.model, memory, mask, organic, spec, backends, arrays, timer)
+            return decode_to_payments(model, memory, mask, organic, spec, backends, arrays, timer)
         # one captured graph from the decode loop to the payments; its stages are not timed apart
         with timer("decode to payment (CUDA graph)"), self._graph_lock:  # static buffers: one batch at a time
-            return graphs.run(self.model, memory, mask, organic, spec, backends, arrays)
+            return graphs.run(model, memory, mask, organic, spec, backends, arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Weights:
+    """The model serving batches, its version and its CUDA graphs: replaced whole by
+    ``set_weights``, read once per call."""
+
+    model: GenerativeAdModel
+    version: str
+    graphs: DecodeGraphs | None
+
+
+def _version(name: str, version: object) -> str | None:
+    if version is None:
+        return None
+    if not isinstance(version, str) or not 1 <= len(version) <= 64 or not version.isprintable():
+        raise ConfigError(name, f"is {show_value(version)}", "None or a printable str of 1 to 64 characters")
+    return version
+
+
+def _same_architecture(new, served, path: object, prefix: str = "") -> None:
+    """Raise ``ConfigFileError`` naming the first config field (``"decoder.n_heads"``) where the
+    checkpoint's architecture differs from the served model's (``name`` is a label: not compared)."""
+    for f in dataclasses.fields(served):
+        if not prefix and f.name == "name":
+            continue
+        a, b = getattr(new, f.name), getattr(served, f.name)
+        if dataclasses.is_dataclass(b):
+            _same_architecture(a, b, path, f"{prefix}{f.name}.")
+        elif a != b:
+            raise ConfigFileError(f"{prefix}{f.name}", f"is {show_value(a)} in {path}",
+                                  f"{show_value(b)} (the served model's architecture)")
 
 
 def _device(device: str | torch.device) -> torch.device:

@@ -18,6 +18,9 @@ __all__ = [
     "CatalogFileError",
     "ConfigFileError",
     "SidCollisionWarning",
+    "ServingError",
+    "QueueFullError",
+    "ServerClosedError",
 ]
 
 
@@ -77,6 +80,18 @@ class ConfigFileError(CheckpointError, ConfigError):
     """A ``config.json`` (``GenerativeAdModel.from_pretrained``) holds a setting that is
     missing or invalid: a file problem (``CheckpointError``) about one named field
     (``ConfigError``: ``field`` is the setting's path, ``"decoder.n_heads"``)."""
+
+
+class ServingError(EgaInferError, RuntimeError):
+    """The serving layer (``ega_infer.serving``) could not take a request now."""
+
+
+class QueueFullError(ServingError):
+    """The server's queue is full (backpressure): retry later (HTTP 429)."""
+
+
+class ServerClosedError(ServingError):
+    """The server was closed: it takes no more requests."""
 
 
 class SidCollisionWarning(UserWarning):

@@ -46,13 +46,23 @@ class Candidate:
 class Slate:
     """The response to one request: slots, the other candidates, and per-stage latency (ms,
     measured for the whole batch the request was served in). ``error`` is set, and ``slots``
-    empty, when this request could not be served; the rest of its batch is unaffected."""
+    empty, when this request could not be served; the rest of its batch is unaffected.
+
+    What it was served with: ``catalog_version`` and ``model_version`` (the engine's, see
+    ``Engine.set_catalog`` / ``set_weights``), ``beam_schedule`` (the beams per level the
+    load-aware controller chose). Filled by ``ega_infer.serving``: ``queue_ms`` (time queued
+    before its batch started) and ``cache_hit`` (served from the result cache)."""
 
     request_id: str
     slots: tuple[SlotResult, ...] = ()
     candidates: tuple[Candidate, ...] = ()
     latency_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    catalog_version: str = ""
+    model_version: str = ""
+    beam_schedule: tuple[int, ...] = ()
+    queue_ms: float = 0.0
+    cache_hit: bool = False
 
     @property
     def ok(self) -> bool:
