@@ -66,7 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_serve_arguments(sub.add_parser("serve", help="the HTTP API (FastAPI + uvicorn): POST /v1/slates, /health, "
                                                      "/ready, /metrics, catalog and weight admin"))
+    from .serving.loadgen import add_loadtest_arguments
+
+    add_loadtest_arguments(sub.add_parser("loadtest", help="open-loop Poisson load against an ega-infer serve URL "
+                                                           "(loopback only unless --allow-remote): JSON and a PNG"))
     args = parser.parse_args(argv)
+    if args.command == "loadtest":
+        from .serving.loadgen import run_loadtest
+
+        return run_loadtest(args)
     if args.command == "serve":
         from .serving.launch import run_serve
 

@@ -55,6 +55,8 @@ class ResultCache:
     def key(request: Request, config: DecodeConfig, catalog_version: str, model_version: str) -> Key | None:
         """The cache key of ``request`` served with ``config`` on those versions; None when its
         content cannot be read as arrays (it fails validation anyway: not cached)."""
+        if not isinstance(request.request_id, str):  # refused by validation: never served from here
+            return None
         digest = hashlib.blake2b(digest_size=20)
         for f in dataclasses.fields(Request):
             if f.name == "request_id":
@@ -70,7 +72,7 @@ class ResultCache:
                 return None
             if a.dtype == object or a.dtype.kind not in "biuf" or a.size > 1 << 24:
                 return None
-            if a.dtype.kind in "iub":  # the same ids as int32 or int64 are the same request
+            if a.dtype.kind in "iu":  # the same ids as int32 or int64 are the same request (bools are not ids)
                 a = a.astype(np.int64) if a.dtype.kind != "u" or a.size == 0 or a.max() < 2**63 else a
             digest.update(f"{a.dtype.str}{a.shape}".encode())
             digest.update(np.ascontiguousarray(a).tobytes())

@@ -173,20 +173,19 @@ class Server:
         deadline = None if deadline_ms is None else now + deadline_ms / 1e3
         futures: list[Future] = []
         pending: list[_Pending] = []
+        hits: list[tuple[Future, Slate]] = []
         versions = (self.engine.catalog_version, self.engine.model_version)
         for index, request in enumerate(requests):
             future: Future = Future()
             futures.append(future)
             key = ResultCache.key(request, config, *versions) if self.cache is not None and isinstance(
                 request, Request) else None
-            if key is not None:
-                hit = self.cache.lookup(key)
-                if hit is not None:
-                    future.set_result(dataclasses.replace(hit, request_id=_request_id(request), cache_hit=True,
-                                                          queue_ms=0.0, latency_ms={"total": 0.0}))
-                    self._count("cache_hits")
-                    continue
-            pending.append(_Pending(request, future, now, deadline, key, index))
+            hit = self.cache.lookup(key) if key is not None else None
+            if hit is not None:
+                hits.append((future, dataclasses.replace(hit, request_id=_request_id(request), cache_hit=True,
+                                                         queue_ms=0.0, latency_ms={"total": 0.0})))
+            else:
+                pending.append(_Pending(request, future, now, deadline, key, index))
         with self._cond:
             if self._closing:
                 raise ServerClosedError("the server is closed; expected submits before close()")
@@ -195,6 +194,7 @@ class Server:
                 raise QueueFullError(f"the queue holds {self._queued} of {self.options.max_queue} requests; "
                                      f"retry later (backpressure)")
             self._counts["submitted"] += len(requests)
+            self._counts["cache_hits"] += len(hits)
             computing = []
             for p in pending:  # identical requests in flight share one computation
                 if p.key is not None and self.cache.join(p.key, p):
@@ -205,6 +205,8 @@ class Server:
                 self._queued += len(computing)
                 self._arrivals.append(now)
                 self._cond.notify()
+        for future, slate in hits:  # admitted: answered from the cache
+            future.set_result(slate)
         return futures
 
     async def asubmit(self, request: Request, config: DecodeConfig | None = None,
@@ -383,7 +385,8 @@ class Server:
         (cancelled, past its deadline) they are queued to be served on their own."""
         if p.key is None or self.cache is None:
             return
-        shareable = slate is not None and not is_deadline_error(slate)
+        # a slate, or the validation error identical content gets too; not a deadline or batch failure
+        shareable = slate is not None and (slate.ok or slate.error.startswith("requests["))
         waiters = self.cache.complete(p.key, slate if shareable else Slate("", error="not served"))
         now = time.monotonic()
         for w in waiters:
