@@ -127,6 +127,62 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _ServeProcess:
+    """``ega-infer serve`` (tiny) in a subprocess on core 0, this process moved to core 1."""
+
+    def __init__(self, pin: bool) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "ega_infer", "serve", "--model", "tiny", "--port", str(self.port),
+               "--threads", "1"]
+        if pin:
+            cmd = ["taskset", "-c", "0"] + cmd
+            os.sched_setaffinity(0, {1})
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def __enter__(self) -> "_ServeProcess":
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=60) as http:
+            for _ in range(600):
+                try:
+                    if http.get("/ready").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"the server did not get ready: {self.proc.stderr.read().decode()[-2000:]}")
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def bench_soak(rate: float, seconds: float, window_s: float = 60.0) -> dict:
+    """``rate`` for ``seconds`` in windows: the server's RSS and each window's p99 and errors."""
+    from ega_infer.serving.loadgen import LoadConfig, run_load
+
+    pin = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1
+    windows = []
+    with _ServeProcess(pin) as server:
+        for w in range(max(1, int(seconds // window_s))):
+            row = run_load(LoadConfig(url=server.url, rates=(rate,), duration_s=window_s, concurrency=64,
+                                      seed=w))["rows"][0]
+            errors = sum(v for k, v in row["statuses"].items() if k != "200")
+            windows.append({"window": w, "rss_mib": server.rss_mib(), "p50_ms": row["latency_ms"]["p50"],
+                            "p99_ms": row["latency_ms"]["p99"], "achieved_qps": row["achieved_qps"],
+                            "errors": errors})
+            print(json.dumps(windows[-1]))
+    first, last = windows[min(1, len(windows) - 1)], windows[-1]  # window 0 warms the allocator
+    return {"rate": rate, "seconds": seconds, "windows": windows,
+            "rss_growth": last["rss_mib"] / first["rss_mib"] - 1, "p99_drift": last["p99_ms"] / first["p99_ms"] - 1,
+            "errors": sum(w["errors"] for w in windows)}
+
+
 def bench_http(engine, rates: list[float], seconds: float) -> dict:
     import httpx
 
@@ -145,40 +201,20 @@ def bench_http(engine, rates: list[float], seconds: float) -> dict:
             start = time.perf_counter()
             server.submit(r).result()
             inproc.append((time.perf_counter() - start) * 1e3)
-    port = _free_port()
-    cmd = [sys.executable, "-m", "ega_infer", "serve", "--model", "tiny", "--port", str(port), "--threads", "1"]
-    if pin:
-        cmd = ["taskset", "-c", "0"] + cmd
-        os.sched_setaffinity(0, {1})
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=60) as http:
-            for _ in range(600):
-                try:
-                    if http.get("/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            else:
-                raise RuntimeError(f"the server did not get ready: {proc.stderr.read().decode()[-2000:]}")
-            bodies = [{"requests": [request_to_json(r)]} for r in requests[:40]]
-            http.post("/v1/slates", json=bodies[0])
-            over, overhead = [], []
-            for b in bodies:
-                start = time.perf_counter()
-                response = http.post("/v1/slates", json=b)
-                wall = (time.perf_counter() - start) * 1e3
-                assert response.status_code == 200
-                slate = response.json()["slates"][0]
-                over.append(wall)
-                # paired: the client's wall time less the server's own (queue + batch) for this request
-                overhead.append(wall - slate["queue_ms"] - slate["latency_ms"]["total"])
-        load = run_load(LoadConfig(url=url, rates=tuple(rates), duration_s=seconds, concurrency=64, seed=0))
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with _ServeProcess(pin) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        bodies = [{"requests": [request_to_json(r)]} for r in requests[:40]]
+        http.post("/v1/slates", json=bodies[0])
+        over, overhead = [], []
+        for b in bodies:
+            start = time.perf_counter()
+            response = http.post("/v1/slates", json=b)
+            wall = (time.perf_counter() - start) * 1e3
+            assert response.status_code == 200
+            slate = response.json()["slates"][0]
+            over.append(wall)
+            # paired: the client's wall time less the server's own (queue + batch) for this request
+            overhead.append(wall - slate["queue_ms"] - slate["latency_ms"]["total"])
+        load = run_load(LoadConfig(url=server.url, rates=tuple(rates), duration_s=seconds, concurrency=64, seed=0))
     rows = load["rows"]
     ok = [r for r in rows if r["latency_ms"]["p99"] is not None and r["latency_ms"]["p99"] <= 100
           and r["statuses"].get("200", 0) > 0]
@@ -195,7 +231,9 @@ def main() -> None:
     p.add_argument("--rates", default="5,10,20,30")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-http", action="store_true")
-    p.add_argument("--only", default=None, help="comma-separated parts: batcher,cache,http")
+    p.add_argument("--only", default=None, help="comma-separated parts: batcher,cache,http,soak (soak: only when named)")
+    p.add_argument("--soak-rate", type=float, default=20.0, help="requests/s of the soak (half the sustainable rate)")
+    p.add_argument("--soak-seconds", type=float, default=600.0)
     p.add_argument("--save", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -208,6 +246,9 @@ def main() -> None:
     if "cache" in parts:
         rows["cache"] = bench_cache(engine, args.callers, args.seconds)
         print(json.dumps(rows["cache"], indent=1))
+    if "soak" in parts:
+        rows["soak"] = bench_soak(args.soak_rate, args.soak_seconds)
+        print(json.dumps({k: v for k, v in rows["soak"].items() if k != "windows"}, indent=1))
     if "http" in parts and not args.skip_http:
         rows["http"] = bench_http(engine, [float(r) for r in args.rates.split(",")], args.seconds / 2)
         print(json.dumps({k: v for k, v in rows["http"].items() if k != "rates"}, indent=1))
