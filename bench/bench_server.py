@@ -164,18 +164,19 @@ class _ServeProcess:
 
 def bench_soak(rate: float, seconds: float, window_s: float = 60.0) -> dict:
     """``rate`` for ``seconds`` in windows: the server's RSS and each window's p99 and errors."""
-    from ega_infer.serving.loadgen import LoadConfig, run_load
+    from ega_infer.serving.loadgen import LoadConfig, run_load, synthetic_payloads
 
     pin = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1
+    payloads = synthetic_payloads(int(rate * window_s * 2), seed=0)  # the world the server's catalog is from
     windows = []
     with _ServeProcess(pin) as server:
         for w in range(max(1, int(seconds // window_s))):
             row = run_load(LoadConfig(url=server.url, rates=(rate,), duration_s=window_s, concurrency=64,
-                                      seed=w))["rows"][0]
+                                      seed=w), payloads)["rows"][0]
             errors = sum(v for k, v in row["statuses"].items() if k != "200")
             windows.append({"window": w, "rss_mib": server.rss_mib(), "p50_ms": row["latency_ms"]["p50"],
                             "p99_ms": row["latency_ms"]["p99"], "achieved_qps": row["achieved_qps"],
-                            "errors": errors})
+                            "errors": errors, "statuses": {k: v for k, v in row["statuses"].items() if v}})
             print(json.dumps(windows[-1]))
     first, last = windows[min(1, len(windows) - 1)], windows[-1]  # window 0 warms the allocator
     return {"rate": rate, "seconds": seconds, "windows": windows,

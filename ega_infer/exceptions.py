@@ -44,6 +44,9 @@ class FieldError(EgaInferError, ValueError):
             message += f"; expected {expected}"
         super().__init__(message)
 
+    def __reduce__(self):  # pickles whole (Ray and process pools send errors across processes)
+        return type(self), (self.field, self.problem, self.expected)
+
 
 class CatalogError(FieldError):
     """The catalog (items, bids, creatives) is malformed or does not fit the model."""

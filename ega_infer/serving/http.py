@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..exceptions import ConfigError, EgaInferError, FieldError, QueueFullError, ServerClosedError
 from ..slate import Slate
-from .admin import AdminConfig, CatalogUpdates
+from .admin import AdminConfig, CatalogUpdates, inside
 from .backend import Backend
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (ErrorResponse, SlatesBody, SlatesResponse, config_from_json, request_from_json,
@@ -216,8 +216,6 @@ def create_app(backend: Backend, admin: AdminConfig | None = None,
     @app.post("/admin/weights")
     async def load_weights(request: HTTPRequest, body: PathBody) -> dict:
         authorize(request)
-        from .admin import inside
-
         try:
             path = inside(admin.weights_dir, body.path, "path")
             version = await run_in_threadpool(backend.set_weights, Path(path))
