@@ -5,6 +5,9 @@
   requests/s, the ratio (goal >= 0.8), the callers' p50/p99;
 * ``cache``: the server with a result cache when half the requests repeat a small pool of
   users, against the same traffic without it: requests/s and the gain;
+* ``ray`` (when named): the same callers through Ray Serve with 1 and 2 replicas;
+* ``soak`` (when named): ``--soak-rate`` over HTTP for ``--soak-seconds`` in 60 s windows: the
+  server's RSS growth, p99 drift and errors;
 * ``http``: ``ega-infer serve`` in a subprocess pinned to core 0, this client on core 1:
   sequential requests at low load (p50 over the in-process server's p50: the HTTP overhead,
   goal <= 2 ms), then open-loop Poisson rates (``serving.loadgen``) up to the highest with
@@ -184,6 +187,49 @@ def bench_soak(rate: float, seconds: float, window_s: float = 60.0) -> dict:
             "errors": sum(w["errors"] for w in windows)}
 
 
+def bench_ray(engine, callers: int, seconds: float, replicas: tuple[int, ...] = (1, 2)) -> dict:
+    """Ray Serve: ``callers`` closed-loop callers through ``RayBackend`` against 1 and 2 replicas."""
+    import asyncio
+
+    from ega_infer.serving.launch import add_serve_arguments
+    from ega_infer.serving.ray_serve import start_ray_backend
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    requests = _requests(engine, 256)
+    out = {}
+    for n in replicas:
+        backend = start_ray_backend(parser.parse_args(["--ray", "--replicas", str(n)]))
+        try:
+            async def run() -> dict:
+                latencies, taken = [], iter(range(10**9))
+                stop = time.monotonic() + seconds
+
+                async def caller() -> None:
+                    while time.monotonic() < stop:
+                        start = time.perf_counter()
+                        slates = await backend.slates([requests[next(taken) % len(requests)]],
+                                                      backend.default_config, None)
+                        assert slates[0].ok, slates[0].error
+                        latencies.append((time.perf_counter() - start) * 1e3)
+
+                await asyncio.gather(*(caller() for _ in range(4)))  # warm both replicas' first batches
+                stop = time.monotonic() + seconds
+                latencies.clear()
+                begin = time.perf_counter()
+                await asyncio.gather(*(caller() for _ in range(callers)))
+                elapsed = time.perf_counter() - begin
+                return {"requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(latencies, 50)),
+                        "p99_ms": float(np.percentile(latencies, 99)), "requests": len(latencies)}
+
+            out[f"replicas_{n}"] = asyncio.run(run())
+        finally:
+            backend.close()
+    if len(replicas) == 2:
+        out["ratio"] = out[f"replicas_{replicas[1]}"]["requests_per_s"] / out[f"replicas_{replicas[0]}"]["requests_per_s"]
+    return out
+
+
 def bench_http(engine, rates: list[float], seconds: float) -> dict:
     import httpx
 
@@ -232,7 +278,7 @@ def main() -> None:
     p.add_argument("--rates", default="5,10,20,30")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-http", action="store_true")
-    p.add_argument("--only", default=None, help="comma-separated parts: batcher,cache,http,soak (soak: only when named)")
+    p.add_argument("--only", default=None, help="comma-separated parts: batcher,cache,http,ray,soak (ray and soak: only when named)")
     p.add_argument("--soak-rate", type=float, default=20.0, help="requests/s of the soak (half the sustainable rate)")
     p.add_argument("--soak-seconds", type=float, default=600.0)
     p.add_argument("--save", action="store_true")
@@ -247,6 +293,9 @@ def main() -> None:
     if "cache" in parts:
         rows["cache"] = bench_cache(engine, args.callers, args.seconds)
         print(json.dumps(rows["cache"], indent=1))
+    if "ray" in parts:
+        rows["ray"] = bench_ray(engine, args.callers, args.seconds)
+        print(json.dumps(rows["ray"], indent=1))
     if "soak" in parts:
         rows["soak"] = bench_soak(args.soak_rate, args.soak_seconds)
         print(json.dumps({k: v for k, v in rows["soak"].items() if k != "windows"}, indent=1))
