@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..decoding import DecodeConfig, ListScore
 from ..exceptions import ConfigError, RequestError, show_value
 from ..request import Request
-from ..slate import Slate
+from ..slate import Slate, SlotResult
 
 __all__ = [
     "RequestJSON", "ConfigJSON", "SlatesBody", "SlateJSON", "SlatesResponse", "ErrorResponse",
@@ -83,17 +83,8 @@ class SlatesBody(BaseModel):
     deadline_ms: float | None = Field(None, gt=0, description="answer within this many ms (else a deadline error)")
 
 
-class SlotJSON(BaseModel):
-    slot: int
-    item_id: int
-    is_ad: bool
-    creative_id: int | None
-    bid: float
-    payment: float
-    pctr_poi: float
-    pctr_creative: float
-    pcvr: float
-    alloc_prob: float
+# a slot's JSON is SlotResult's fields as they are (one definition, not a copy)
+SlotJSON = create_model("SlotJSON", **{name: (hint, ...) for name, hint in get_type_hints(SlotResult).items()})
 
 
 class CandidateJSON(BaseModel):
