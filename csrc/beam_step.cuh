@@ -2,16 +2,19 @@
 //
 // N requests x P beams = N * P rows; row r is request r / P, beam r % P; V codes. For row r at trie
 // node n = row_node[r] and child j of n (rank i = j - child_ptr[n], code c = child_code[j]):
-//   w_j = logaddexp(a_j, log_beta),  a_j = alpha * log(child_max_bid[j])  (a_j = 0 when alpha == 0)
+//   w_j = logaddexp(a_j, log_beta),  a_j = alpha * log(bid_j)  (a_j = 0 when alpha == 0)
+//   bid_j = child_max_bid[j], unless the row's request q = r / P names j in its override list
+//   (override_child[q, e] == j for some e < E): then the smallest such override_bid[q, e]
 //   v_j = float(logits[r, c]) + w_j
 //   admissible when v_j > -inf (NaN is not) and (allowed == nullptr or allowed[r, c] != 0);
 //   logp_j = v_j - logsumexp(admissible v),   score_j = beam_scores[r] + logp_j,
 // computed as (v_j - m) - log(sum exp(v - m)) with m the row's max, as torch.log_softmax does: the
 // log-sum (at most log V) then survives a huge m, which swamps it in m + log-sum.
-// w_j is log(child_max_bid^alpha + beta) computed in log space (log_beta = log(beta), -inf when
+// w_j is log(bid_j^alpha + beta) computed in log space (log_beta = log(beta), -inf when
 // beta == 0), so a bid of 1e33 or alpha = 1e30 cannot overflow into inf - inf = NaN; it is -inf
 // only when both terms are (bid 0 and beta 0), and alpha == 0 gives log(1 + beta) for every child
-// (0 ** 0 == 1). Callers keep alpha <= 1e36 and the bids finite, so a_j is never +inf.
+// (0 ** 0 == 1). Callers keep alpha <= 1e36 and the bids (overrides too) finite, so a_j is
+// never +inf.
 // Per request the output is the k candidates with the largest score (only scores > -inf count),
 // ordered by score descending, then beam ascending, then code ascending: what a stable sort of
 // the flattened [P * V] scores gives (ega_infer.decoding.topk). Entries past the last finite
@@ -38,6 +41,9 @@
 //   write the row's keys (unordered), their count and the row's normaliser (max, log-sum) to the
 //   workspace.
 //   A row with more children than fit in shared memory (V > 16384) recomputes v on each pass.
+//   With a bid override, v reads each child's bid through child_bid (a scan of the request's E
+//   entries); both kernels are instantiated with and without it, and a call without an override
+//   runs the plain ones (same registers and work as before the override existed).
 // Kernel 2, beam_step_merge_kernel: a tree of top-k merges per request, 512 threads per block.
 //   Level 0 node g merges rows [g * F0, (g + 1) * F0); level l merges F_l lists of level l - 1;
 //   fan-ins are chosen so a node's input (<= 8192 keys) is staged once in shared memory. Each
@@ -46,7 +52,8 @@
 //   reduction pattern), so the whole tree is one launch. The root selects the final top-k,
 //   bitonic-sorts them in shared memory (global memory past 2048 keys) and decodes each key into
 //   score, parent, token, child (child_ptr[node] + i) and logp (v recomputed with the same code,
-//   normalised by the row's (max, log-sum) from kernel 1: bit-identical to the one scored).
+//   normalised by the row's (max, log-sum) from kernel 1: bit-identical to the one scored, since
+//   both go through child_value / child_bid, overrides included).
 //   At 512 beams, k = 512: 32 level-0 blocks per request, then 2, then the root.
 // Radix select (both kernels): MSD over the 64-bit key, 8 bits per pass; histogram in shared
 // memory with warp-aggregated atomics (__match_any_sync: scores share their top bits), digit
@@ -63,6 +70,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -203,7 +211,9 @@ inline int64_t beam_step_workspace_bytes(int64_t requests, int64_t beams, int64_
 // logits: [N * P, V], row stride `logits_row_stride` (elements), unit column stride;
 // beam_scores: [N, P] contiguous float32; row_node: [N * P] int64; child_ptr: int64 CSR pointers
 // into child_code (int32) and child_max_bid (float32); allowed: [N * P, V] uint8 or nullptr;
-// alpha, log_beta: the token weight's exponent and log floor (above); outputs [N, k] contiguous:
+// alpha, log_beta: the token weight's exponent and log floor (above); override_child /
+// override_bid: [N, override_entries] contiguous int64 CSR child ids (-1 = none) and float32 bids,
+// a request's own max bids for a few children, or both nullptr; outputs [N, k] contiguous:
 // score, logp float32, parent, token, child int64.
 struct BeamStepArgs {
   const void* logits;
@@ -215,6 +225,9 @@ struct BeamStepArgs {
   const int32_t* child_code;
   const float* child_max_bid;
   const uint8_t* allowed;
+  const int64_t* override_child;  // nullptr: no override
+  const float* override_bid;
+  int64_t override_entries;
   int64_t requests, beams, vocab, k;
   float alpha, log_beta;
   float* score;
@@ -254,6 +267,9 @@ __host__ __device__ __forceinline__ float token_weight(float a, float log_beta) 
 struct Scoring {
   const int32_t* child_code;
   const float* child_max_bid;
+  const int64_t* override_child;  // [N, override_entries], or nullptr
+  const float* override_bid;
+  int64_t override_entries;
   int64_t vocab;
   float alpha, log_beta;
   float flat_weight;  // token_weight(0, log_beta) = log(1 + beta): every child's when alpha == 0
@@ -328,15 +344,39 @@ __device__ __forceinline__ uint32_t key_flat(Key key) {
 
 // ---- scoring (shared by both kernels so the decoded logp is the scored one, bit for bit) ----
 
-// v of child j for this row, or -inf when the child is not admissible.
-template <typename T>
-__device__ __forceinline__ float child_value(const Scoring& sc, const T* logits_row,
+// Max bid of child j for `request`: child_max_bid[j], or the smallest of the request's override
+// bids naming j. A linear scan: a request overrides a handful of children, and its E entries are
+// the same addresses for every thread of the block (broadcast loads, cached after the first).
+__host__ __device__ __forceinline__ float child_bid(const Scoring& sc, int64_t request, int64_t j) {
+  if (sc.override_child == nullptr) return sc.child_max_bid[j];
+  const int64_t* named = sc.override_child + request * sc.override_entries;
+  const float* bid = sc.override_bid + request * sc.override_entries;
+  bool found = false;
+  float best = 0.0f;
+  for (int64_t e = 0; e < sc.override_entries; ++e) {
+    if (named[e] == j && (!found || bid[e] < best)) {
+      best = bid[e];
+      found = true;
+    }
+  }
+  return found ? best : sc.child_max_bid[j];
+}
+
+// v of child j for a row of `request`, or -inf when the child is not admissible. OVERRIDE: the
+// call has an override list; the kernels are instantiated both ways so that the scan's registers
+// are not allocated for (and do not lower the occupancy of) calls without one.
+template <bool OVERRIDE, typename T>
+__device__ __forceinline__ float child_value(const Scoring& sc, int64_t request, const T* logits_row,
                                              const uint8_t* allowed_row, int64_t j) {
   const int32_t code = sc.child_code[j];
   if (code < 0 || code >= sc.vocab) return -INFINITY;  // malformed trie: never read outside
   if (allowed_row != nullptr && allowed_row[code] == 0) return -INFINITY;
-  const float weight = sc.alpha == 0.0f ? sc.flat_weight
-                                         : token_weight(sc.alpha * logf(sc.child_max_bid[j]), sc.log_beta);
+  // alpha == 0: every bid weighs the same, so neither the bids nor the overrides are read
+  float weight = sc.flat_weight;
+  if (sc.alpha != 0.0f) {
+    const float bid = OVERRIDE ? child_bid(sc, request, j) : sc.child_max_bid[j];
+    weight = token_weight(sc.alpha * logf(bid), sc.log_beta);
+  }
   const float v = to_float(logits_row[code]) + weight;
   return v > -INFINITY ? v : -INFINITY;  // NaN is not admissible, as in the reference
 }
@@ -523,9 +563,10 @@ struct StagedRowKeys {
 };
 
 // The row's keys recomputed from global memory on every pass (rows too long for shared memory).
-template <typename T, int THREADS>
+template <typename T, int THREADS, bool OVERRIDE>
 struct StreamedRowKeys {
   Scoring scoring;
+  int64_t request;
   const T* logits_row;
   const uint8_t* allowed_row;
   int64_t begin, count;
@@ -538,7 +579,7 @@ struct StreamedRowKeys {
       const int64_t i = base + threadIdx.x;
       uint32_t o = 0;
       if (i < count) {
-        const float v = child_value(scoring, logits_row, allowed_row, begin + i);
+        const float v = child_value<OVERRIDE>(scoring, request, logits_row, allowed_row, begin + i);
         o = candidate_order(beam_score, child_logp(v, norm));
       }
       f(o != 0 ? make_key(o, flat_base + static_cast<uint32_t>(i)) : Key{0});
@@ -546,12 +587,13 @@ struct StreamedRowKeys {
   }
 };
 
-template <typename T, int THREADS>
+template <typename T, int THREADS, bool OVERRIDE>
 __global__ void __launch_bounds__(THREADS) beam_step_rows_kernel(const Params a) {
   __shared__ SelectShared<THREADS> sh;
   uint32_t* staged = reinterpret_cast<uint32_t*>(dynamic_smem());
   const BeamStepPlan& plan = a.plan;
   const int64_t r = blockIdx.x;
+  const int64_t request = r / plan.beams;
 
   // Fresh tickets for kernel 2 (the workspace arrives uninitialised).
   for (int64_t t = r * THREADS + threadIdx.x; t < plan.tickets; t += static_cast<int64_t>(gridDim.x) * THREADS)
@@ -572,7 +614,7 @@ __global__ void __launch_bounds__(THREADS) beam_step_rows_kernel(const Params a)
   // Pass 1: v of every child (kept in shared memory when it fits) and the row's normaliser.
   MaxSum acc{-INFINITY, 0.0f};
   for (int64_t i = threadIdx.x; i < count; i += THREADS) {
-    const float v = child_value(a.scoring, logits_row, allowed_row, begin + i);
+    const float v = child_value<OVERRIDE>(a.scoring, request, logits_row, allowed_row, begin + i);
     if (in_smem) staged[i] = __float_as_uint(v);
     acc = merge(acc, MaxSum{v, v == -INFINITY ? 0.0f : 1.0f});
   }
@@ -590,7 +632,8 @@ __global__ void __launch_bounds__(THREADS) beam_step_rows_kernel(const Params a)
       staged[i] = candidate_order(beam_score, child_logp(__uint_as_float(staged[i]), norm));
     kept = select_top<THREADS>(StagedRowKeys<THREADS>{staged, count, flat_base}, need, out, sh);
   } else {
-    const StreamedRowKeys<T, THREADS> keys{a.scoring, logits_row, allowed_row, begin, count, beam_score, norm, flat_base};
+    const StreamedRowKeys<T, THREADS, OVERRIDE> keys{a.scoring, request, logits_row, allowed_row, begin, count,
+                                                     beam_score, norm, flat_base};
     kept = select_top<THREADS>(keys, need, out, sh);
   }
   if (threadIdx.x == 0) {
@@ -706,7 +749,7 @@ __device__ uint32_t select_lists(const Lists& in, uint32_t need, Key* out, Key* 
 }
 
 // Output column `at` of request n from its key (0 = a missing entry).
-template <typename T>
+template <typename T, bool OVERRIDE>
 __device__ __forceinline__ void write_entry(const Params& a, int64_t n, int64_t at, Key key) {
   const BeamStepPlan& plan = a.plan;
   const int64_t o = n * plan.k + at;
@@ -729,10 +772,10 @@ __device__ __forceinline__ void write_entry(const Params& a, int64_t n, int64_t 
   a.parent[o] = beam;
   a.token[o] = a.scoring.child_code[j];
   a.child[o] = j;
-  a.logp[o] = child_logp(child_value(a.scoring, logits_row, allowed_row, j), a.row_norm[r]);
+  a.logp[o] = child_logp(child_value<OVERRIDE>(a.scoring, n, logits_row, allowed_row, j), a.row_norm[r]);
 }
 
-template <typename T, int THREADS>
+template <typename T, int THREADS, bool OVERRIDE>
 __global__ void __launch_bounds__(THREADS) beam_step_merge_kernel(const Params a) {
   __shared__ SelectShared<THREADS> sh;
   __shared__ StageShared<THREADS> st;
@@ -767,7 +810,7 @@ __global__ void __launch_bounds__(THREADS) beam_step_merge_kernel(const Params a
       __syncthreads();
       bitonic_sort_descending<THREADS>(sorted, plan.sort_len);
       for (int64_t i = threadIdx.x; i < plan.k; i += THREADS)
-        write_entry<T>(a, n, i, i < plan.sort_len ? sorted[i] : Key{0});
+        write_entry<T, OVERRIDE>(a, n, i, i < plan.sort_len ? sorted[i] : Key{0});
       return;
     }
 
@@ -814,6 +857,12 @@ void run_beam_step(const BeamStepArgs& args, const BeamStepLimits& limits, void*
                     args.token != nullptr && args.child != nullptr && args.logp != nullptr,
                 kBeamStepKernels, "logits, beam_scores, row_node, child_ptr and the outputs must be non-null");
   EGA_CHECK_ARG(args.logits_row_stride >= 0, kBeamStepKernels, "logits_row_stride must be >= 0");
+  EGA_CHECK_ARG((args.override_child == nullptr) == (args.override_bid == nullptr), kBeamStepKernels,
+                "override_child and override_bid must be both null or both non-null");
+  EGA_CHECK_ARG(args.override_child == nullptr || args.override_entries >= 0, kBeamStepKernels,
+                "override_entries must be >= 0; got " + std::to_string(args.override_entries));
+  // No entries is no override: the kernels then skip the scan altogether.
+  const bool has_override = args.override_child != nullptr && args.override_entries > 0;
 
   Params params = make_params(plan, workspace);
   params.logits = args.logits;
@@ -822,7 +871,14 @@ void run_beam_step(const BeamStepArgs& args, const BeamStepLimits& limits, void*
   params.row_node = args.row_node;
   params.child_ptr = args.child_ptr;
   params.allowed = args.allowed;
-  params.scoring = Scoring{args.child_code, args.child_max_bid, args.vocab, args.alpha, args.log_beta,
+  params.scoring = Scoring{args.child_code,
+                           args.child_max_bid,
+                           has_override ? args.override_child : nullptr,
+                           has_override ? args.override_bid : nullptr,
+                           has_override ? args.override_entries : 0,
+                           args.vocab,
+                           args.alpha,
+                           args.log_beta,
                            token_weight(0.0f, args.log_beta)};
   params.score = args.score;
   params.parent = args.parent;
@@ -832,12 +888,19 @@ void run_beam_step(const BeamStepArgs& args, const BeamStepLimits& limits, void*
 
   const int64_t rows = plan.requests * plan.beams;
   const int64_t merge_blocks = plan.requests * plan.level[0].nodes;
-  dispatch_dtype(args.logits_dtype, kBeamStepKernels, [&](auto tag) {
+  const auto launch_pair = [&](auto tag, auto with_override) {
     using T = typename decltype(tag)::type;
-    launch(beam_step_rows_kernel<T, kRowThreads>, "beam_step_rows_kernel",
+    constexpr bool kOverride = decltype(with_override)::value;
+    launch(beam_step_rows_kernel<T, kRowThreads, kOverride>, "beam_step_rows_kernel",
            dim3(static_cast<unsigned int>(rows)), kRowThreads, plan.row_smem_children * 4, params);
-    launch(beam_step_merge_kernel<T, kMergeThreads>, "beam_step_merge_kernel",
+    launch(beam_step_merge_kernel<T, kMergeThreads, kOverride>, "beam_step_merge_kernel",
            dim3(static_cast<unsigned int>(merge_blocks)), kMergeThreads, plan.merge_smem_keys * 8, params);
+  };
+  dispatch_dtype(args.logits_dtype, kBeamStepKernels, [&](auto tag) {
+    if (has_override)
+      launch_pair(tag, std::true_type{});
+    else
+      launch_pair(tag, std::false_type{});
   });
 }
 

@@ -39,6 +39,7 @@ T* as_ptr(uintptr_t address) {
 void beam_step(uintptr_t logits_ptr, const std::string& logits_dtype, int64_t logits_row_stride,
                uintptr_t beam_scores_ptr, uintptr_t row_node_ptr, uintptr_t child_ptr_ptr,
                uintptr_t child_code_ptr, uintptr_t child_max_bid_ptr, uintptr_t allowed_ptr,
+               uintptr_t override_child_ptr, uintptr_t override_bid_ptr, int64_t override_entries,
                int64_t requests, int64_t beams, int64_t vocab, int64_t k, float alpha,
                float log_beta, uintptr_t workspace_ptr, int64_t workspace_bytes, uintptr_t score_ptr,
                uintptr_t parent_ptr, uintptr_t token_ptr, uintptr_t child_ptr_out,
@@ -53,6 +54,9 @@ void beam_step(uintptr_t logits_ptr, const std::string& logits_dtype, int64_t lo
   args.child_code = as_ptr<const int32_t>(child_code_ptr);
   args.child_max_bid = as_ptr<const float>(child_max_bid_ptr);
   args.allowed = as_ptr<const uint8_t>(allowed_ptr);
+  args.override_child = as_ptr<const int64_t>(override_child_ptr);
+  args.override_bid = as_ptr<const float>(override_bid_ptr);
+  args.override_entries = override_entries;
   args.requests = requests;
   args.beams = beams;
   args.vocab = vocab;
@@ -148,15 +152,18 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("beam_step", &beam_step, py::arg("logits_ptr"), py::arg("logits_dtype"),
         py::arg("logits_row_stride"), py::arg("beam_scores_ptr"), py::arg("row_node_ptr"),
         py::arg("child_ptr_ptr"), py::arg("child_code_ptr"), py::arg("child_max_bid_ptr"),
-        py::arg("allowed_ptr"), py::arg("requests"), py::arg("beams"), py::arg("vocab"),
+        py::arg("allowed_ptr"), py::arg("override_child_ptr"), py::arg("override_bid_ptr"),
+        py::arg("override_entries"), py::arg("requests"), py::arg("beams"), py::arg("vocab"),
         py::arg("k"), py::arg("alpha"), py::arg("log_beta"), py::arg("workspace_ptr"),
         py::arg("workspace_bytes"), py::arg("score_ptr"), py::arg("parent_ptr"),
         py::arg("token_ptr"), py::arg("child_out_ptr"), py::arg("logp_ptr"), py::arg("stream"),
         "Launch the fused beam step (two kernels). Pointers: logits [N*P, V] (row stride given), "
         "beam_scores float32 [N, P], row_node int64 [N*P], child_ptr int64, child_code int32, "
-        "child_max_bid float32, allowed uint8 [N*P, V] or 0, workspace (beam_step_workspace_bytes, "
-        "256-byte aligned); outputs [N, k]: score, logp float32, parent, token, child int64. "
-        "Token weight logaddexp(alpha * log(bid), log_beta), with log_beta = log(beta) (-inf for 0).");
+        "child_max_bid float32, allowed uint8 [N*P, V] or 0, override_child int64 / override_bid "
+        "float32 [N, override_entries] (a request's own bids for the children it names, -1 = no "
+        "entry; both 0 for none), workspace (beam_step_workspace_bytes, 256-byte aligned); outputs "
+        "[N, k]: score, logp float32, parent, token, child int64. Token weight "
+        "logaddexp(alpha * log(bid), log_beta), with log_beta = log(beta) (-inf for 0).");
   m.def("decode_attention_workspace_bytes", &decode_attention_workspace_bytes, py::arg("dtype"),
         py::arg("shape"), py::arg("num_sms"), py::arg("num_splits"),
         "Bytes of float32 split-K partials decode_attention needs for shape [N, P, Hq, Hkv, S, T, D] "

@@ -24,8 +24,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="EGA-V2 style table: RPM, CTR and Psi for the engine, GSP, VCG and a cascade")
     ev.add_argument("--model", default="tiny", help="preset name or saved model directory")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--users", type=int, default=300, help="held-out users (requests) to serve")
-    ev.add_argument("--redecode-users", type=int, default=20, help="requests for the full re-decode Psi")
+    ev.add_argument("--users", type=int, default=None, help="held-out users (requests) to serve (default: all)")
+    ev.add_argument("--redecode-users", type=int, default=None,
+                    help="requests for the full re-decode Psi (default: all served users)")
+    ev.add_argument("--frontier", action="store_true",
+                    help="instead: every pricing rule on a grid of alpha under full re-decode, with a PNG plot")
+    ev.add_argument("--alphas", default="0,0.6,1.2", help="with --frontier: comma-separated alpha grid (may be empty)")
+    ev.add_argument("--mir-beams", default="16,32", help="with --frontier: beam widths of the maximal-in-range rule")
+    ev.add_argument("--plot", default="bench/results/frontier.png", help="with --frontier: PNG path")
+    ev.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")
     ev.add_argument("--ascent-steps", type=int, default=30, help="gradient-ascent steps of the misreport search")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     ev.add_argument("--json", action="store_true")
@@ -163,12 +170,41 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluation_table, format_table
     from .world import AdWorld, WorldConfig
 
+    import torch
+
+    from .evaluation import format_frontier, frontier, plot_frontier
+    from .exceptions import ConfigError
+
+    if args.threads < 1:
+        raise ConfigError("--threads", f"is {args.threads}", "a positive int")
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     engine = Engine.from_pretrained(args.model, device=args.device)
     world = AdWorld(WorldConfig(seed=args.seed), engine.config)
     engine.set_catalog(world.catalog())
     users = world.users("test")[: args.users]
-    table = evaluation_table(engine, world, users, ascent_steps=args.ascent_steps, redecode_users=args.redecode_users)
+    if args.frontier:
+        try:
+            alphas = tuple(float(a) for a in args.alphas.split(",") if a.strip())
+        except ValueError:
+            raise ConfigError("--alphas", f"is {args.alphas!r}", "comma-separated numbers") from None
+        try:
+            mir_beams = tuple(int(b) for b in args.mir_beams.split(",") if b.strip())
+        except ValueError:
+            raise ConfigError("--mir-beams", f"is {args.mir_beams!r}", "comma-separated ints") from None
+        rows = frontier(engine, world, users, engine.default_config, alphas, mir_beams=mir_beams)
+        plotted = bool(args.plot) and plot_frontier(rows, args.plot)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{len(users)} held-out users of the synthetic world (seed {args.seed}), model {engine.config.name!r}; "
+              "full re-decode on every ad of any beam list, EGA's gamma grid\n")
+        print(format_frontier(rows))
+        print(f"\n(plot: {args.plot if plotted else 'not written (matplotlib missing)'}; "
+              f"{time.perf_counter() - start:.0f} s)")
+        return 0
+    redecode = len(users) if args.redecode_users is None else args.redecode_users
+    table = evaluation_table(engine, world, users, ascent_steps=args.ascent_steps, redecode_users=redecode)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0

@@ -305,6 +305,21 @@ class Engine:
                            self._weights)
 
     @torch.no_grad()
+    def encode_batch(self, requests: Sequence[Request], config: DecodeConfig | None = None) -> EncodedBatch:
+        """The encoder's output for ``requests`` and everything the stages after it read (for
+        evaluations that decode the same requests many ways); raises ``RequestError`` on the
+        first bad request."""
+        config = self.check_config(config)
+        catalog, arrays, _ = self._current(None)
+        spec = config.spec()
+        backends = self._backends(config, spec)
+        prepared = [prepare_request(r, self.config, catalog, spec.mode == "lists", spec.num_slots) for r in requests]
+        model = self._weights.model
+        history, organic, exclude = collate(prepared, self.device, self.config.encoder.max_history)
+        memory, mask = model.encoder(history, backends.prefill_attention)
+        return EncodedBatch(model, memory, mask, organic, exclude, spec, backends, arrays)
+
+    @torch.no_grad()
     def warmup(self, config: DecodeConfig | None = None, batch_sizes: Sequence[int] | None = None) -> dict:
         """Compile the kernels and capture the CUDA graphs of every beam schedule of ``config``
         (``beams`` and each fallback) at every batch bucket, before serving: otherwise the first
@@ -373,13 +388,28 @@ class Engine:
                arrays: DeviceCatalog, timer: _StageTimer, weights: _Weights) -> CandidateLists:
         model, graphs = weights.model, weights.graphs
         with timer("encode"):
-            history, organic = collate(prepared, self.device, self.config.encoder.max_history)
+            history, organic, exclude = collate(prepared, self.device, self.config.encoder.max_history)
             memory, mask = model.encoder(history, backends.prefill_attention)
         if graphs is None or not graphs.supports(len(prepared), backends):
-            return decode_to_payments(model, memory, mask, organic, spec, backends, arrays, timer)
+            return decode_to_payments(model, memory, mask, organic, spec, backends, arrays, timer, exclude)
         # one captured graph from the decode loop to the payments; its stages are not timed apart
         with timer("decode to payment (CUDA graph)"), self._graph_lock:  # static buffers: one batch at a time
-            return graphs.run(model, memory, mask, organic, spec, backends, arrays)
+            return graphs.run(model, memory, mask, organic, spec, backends, arrays, exclude)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedBatch:
+    """``Engine.encode_batch``: the model, encoder ``memory [N, S, d]`` and ``mask``, organic
+    ``[N, M]`` and excluded rows ``[N, E]`` (None: none), the spec, backends and catalog arrays."""
+
+    model: GenerativeAdModel
+    memory: torch.Tensor
+    mask: torch.Tensor
+    organic: torch.Tensor
+    exclude: torch.Tensor | None
+    spec: DecodeSpec
+    backends: OpBackends
+    catalog: DeviceCatalog
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ bad request gets a ``Slate`` with that error and the rest of its batch is served
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,7 +22,9 @@ from .model.config import ModelConfig
 from .model.encoder import History, packed_layout
 from .runtime.transfer import to_device
 
-__all__ = ["Request", "PreparedRequest", "prepare_request", "collate"]
+__all__ = ["Request", "PreparedRequest", "prepare_request", "collate", "MAX_EXCLUDED_ITEMS"]
+
+MAX_EXCLUDED_ITEMS = 1024  # per request: the exclusion work per decode step grows with it
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,11 @@ class Request:
     organic_items : catalog ids of the page's organic items, pre-ranked; lists mode keeps
         their order (only the first ``num_slots`` can be placed). Ignored in candidates mode.
     request_id : a str returned with the slate as given.
+    exclude_items : catalog ids this request must not show (frequency caps, advertiser
+        blocklists, ads the user hid, items already seen), at most ``MAX_EXCLUDED_ITEMS``: they
+        are in no beam, and the token bid weights count only the ads that remain. Repeats count
+        once; an id the catalog does not hold excludes nothing (it may have left the catalog).
+        Excluded organic items are dropped from ``organic_items``.
     """
 
     history_poi_codes: Sequence[Sequence[int]] | np.ndarray = ()
@@ -44,6 +52,7 @@ class Request:
     history_time_buckets: Sequence[int] | np.ndarray | None = None
     organic_items: Sequence[int] | np.ndarray = ()
     request_id: str = ""
+    exclude_items: Sequence[int] | np.ndarray = ()
 
 
 @dataclass
@@ -53,6 +62,7 @@ class PreparedRequest:
     actions: np.ndarray  # [S]
     time_buckets: np.ndarray  # [S]
     organic_rows: np.ndarray  # [M] catalog rows, M <= num_slots
+    excluded_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # [E] distinct
 
 
 def prepare_request(request: object, config: ModelConfig, catalog: Catalog, lists_mode: bool,
@@ -76,6 +86,7 @@ def prepare_request(request: object, config: ModelConfig, catalog: Catalog, list
     times = _int_vector("history_time_buckets", request.history_time_buckets, s, config.encoder.n_time_buckets)
     keep = slice(max(0, s - config.encoder.max_history), s)
 
+    excluded = _excluded_rows(request.exclude_items, catalog)
     organic_rows = np.zeros(0, np.int64)
     if lists_mode:
         ids = _array("organic_items", request.organic_items, "a list of catalog item ids")
@@ -96,15 +107,32 @@ def prepare_request(request: object, config: ModelConfig, catalog: Catalog, list
         if len(first) != len(organic_rows):
             j = int(np.setdiff1d(np.arange(len(organic_rows)), first)[0])
             raise RequestError(f"organic_items[{j}]", f"= {ids[j]} appears twice", "each organic item once")
+        organic_rows = organic_rows[~np.isin(organic_rows, excluded)]
         organic_rows = organic_rows[:num_slots]  # no slate places more: the batch stays small
-    return PreparedRequest(poi[keep], creative[keep], actions[keep], times[keep], organic_rows)
+    return PreparedRequest(poi[keep], creative[keep], actions[keep], times[keep], organic_rows, excluded)
 
 
-def collate(batch: Sequence[PreparedRequest], device: torch.device, width: int) -> tuple[History, torch.Tensor]:
+def _excluded_rows(values: object, catalog: Catalog) -> np.ndarray:
+    """The distinct catalog rows of ``exclude_items`` (ids the catalog lacks are skipped)."""
+    ids = _array("exclude_items", values, f"a list of at most {MAX_EXCLUDED_ITEMS} item ids")
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    if ids.ndim != 1 or not _integers(ids):
+        raise RequestError("exclude_items", f"has shape {ids.shape} and dtype {ids.dtype}", "a list of item ids")
+    if len(ids) > MAX_EXCLUDED_ITEMS:
+        raise RequestError("exclude_items", f"has {len(ids)} ids", f"at most {MAX_EXCLUDED_ITEMS}")
+    in_range = ids <= np.iinfo(np.int64).max  # uint64 ids past int64 cannot be catalog ids
+    rows = catalog.index_of(ids[in_range].astype(np.int64))
+    return np.unique(rows[rows >= 0]).astype(np.int64)
+
+
+def collate(batch: Sequence[PreparedRequest], device: torch.device,
+            width: int) -> tuple[History, torch.Tensor, torch.Tensor | None]:
     """Pad a batch: the encoder's ``History`` over ``width`` behaviours (the model's
     ``max_history``, whatever the batch holds: attention sums over the padded context round
-    the same way in every batch, so a request's slate does not depend on its batch-mates) and
-    organic rows ``[N, M]`` (-1 pad)."""
+    the same way in every batch, so a request's slate does not depend on its batch-mates),
+    organic rows ``[N, M]`` and excluded rows ``[N, E]`` (-1 pad; None when no request
+    excludes anything)."""
     n = len(batch)
     s = max([len(r.poi_codes) for r in batch] + [width, 1])
     m = max([len(r.organic_rows) for r in batch] + [0])
@@ -114,6 +142,8 @@ def collate(batch: Sequence[PreparedRequest], device: torch.device, width: int) 
     actions = np.zeros((n, s), np.int64)
     times = np.zeros((n, s), np.int64)
     organic = np.full((n, m), -1, np.int64)
+    e = max(len(r.excluded_rows) for r in batch)
+    excluded = np.full((n, e), -1, np.int64)
     lengths = np.zeros(n, np.int64)
     for i, r in enumerate(batch):
         length = len(r.poi_codes)
@@ -121,12 +151,14 @@ def collate(batch: Sequence[PreparedRequest], device: torch.device, width: int) 
         poi[i, :length], creative[i, :length] = r.poi_codes, r.creative_codes
         actions[i, :length], times[i, :length] = r.actions, r.time_buckets
         organic[i, : len(r.organic_rows)] = r.organic_rows
+        excluded[i, : len(r.excluded_rows)] = r.excluded_rows
 
     index, cu_seqlens = packed_layout(lengths, s + 1)  # the encoder's 1 + S positions, on the host
-    fields = to_device([poi, creative, actions, times, lengths, organic, index.numpy(), cu_seqlens.long().numpy()],
-                       device)  # one transfer for the whole batch
-    poi, creative, actions, times, lengths, organic, index, cu_seqlens = fields
-    return History(poi, creative, actions, times, lengths, (index, cu_seqlens.int())), organic
+    fields = to_device([poi, creative, actions, times, lengths, organic, excluded, index.numpy(),
+                        cu_seqlens.long().numpy()], device)  # one transfer for the whole batch
+    poi, creative, actions, times, lengths, organic, excluded, index, cu_seqlens = fields
+    history = History(poi, creative, actions, times, lengths, (index, cu_seqlens.int()))
+    return history, organic, excluded if e else None
 
 
 # -- field readers: each error names the field and what was expected ------------------------

@@ -45,10 +45,14 @@ case with k = 512 beams). Full nodes read the whole row: 16 MB of fp32 logits at
 measured on a GPU yet; the likely costs are the bisection reductions on whole-row tiles and the
 ``torch.topk`` over up to ``P * k`` keys (a second Triton kernel could replace it).
 
+Per-request bid overrides (``override_child`` / ``override_bid``, ``[N, E]``): with ``alpha != 0``
+each row scans its request's ``E`` entries once per tile and weighs a named child with the smallest
+of its override bids; without them (``HAS_OVERRIDE=False``) the kernel is the plain one.
+
 Limits (``kernels/limits.py``, checked by the op's capability table): ``V <=
 BEAM_STEP_TRITON_MAX_VOCAB`` (the whole-row tile lives in registers) and ``P * V < 2**31`` (key).
 Loops over data-dependent bounds are ``while`` loops (Triton's interpreter cannot take a loaded
-value as a ``range`` bound).
+value, nor a scalar kernel argument, as a ``range`` bound).
 """
 
 from __future__ import annotations
@@ -71,8 +75,9 @@ _PAD_KEY = -(2**63) + 1  # below every real key (the lowest is about -2**62)
 def _row_candidates(
     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
     start, count, vocab, alpha, log_beta, beam_score, k, beam,
-    key_row, child_row, logp_row,
-    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr, BLOCK: tl.constexpr,
+    key_row, child_row, logp_row, override_child_row, override_bid_row, n_override,
+    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr,
+    HAS_OVERRIDE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Score one row's children in a BLOCK-lane tile and store its top-``k`` survivors.
 
@@ -85,7 +90,20 @@ def _row_candidates(
     full = count == vocab
     code = tl.where(full, lane, tl.load(child_code_ptr + j, mask=in_range & ~full, other=0)).to(tl.int64)
     if USE_BID:  # a = alpha * log(bid): -inf for bid 0
-        a = alpha * tl.log(tl.load(child_bid_ptr + j, mask=in_range, other=1.0))
+        bid = tl.load(child_bid_ptr + j, mask=in_range, other=1.0)
+        if HAS_OVERRIDE:
+            # The request's own bids for the children it names (the smallest where named twice);
+            # E is small (a request's exclusions), so a scalar loop keeps the tile [BLOCK] wide.
+            # -1 pads never match (j >= 0); lanes past count may match but are masked out below.
+            ov = tl.full([BLOCK], float("inf"), tl.float32)
+            e = tl.full([], 0, tl.int64)
+            while e < n_override:  # not range(): the interpreter takes no argument as its bound
+                oc = tl.load(override_child_row + e).to(tl.int64)
+                ob = tl.load(override_bid_row + e)
+                ov = tl.where(j == oc, tl.minimum(ov, ob), ov)
+                e += 1
+            bid = tl.where(ov < float("inf"), ov, bid)
+        a = alpha * tl.log(bid)
     else:  # bid ** 0 == 1 for every child, bid 0 included
         a = tl.zeros([BLOCK], tl.float32)
     # weight = logaddexp(a, log_beta); -inf when both are (no ad below, beta == 0), never NaN
@@ -152,10 +170,11 @@ def _row_candidates(
 def _beam_step_rows_kernel(
     logits_ptr, stride_lr, stride_lv, beam_scores_ptr,
     row_node_ptr, child_ptr_ptr, child_code_ptr, child_bid_ptr,
-    allowed_ptr, stride_ar, stride_av,
+    allowed_ptr, stride_ar, stride_av, override_child_ptr, override_bid_ptr,
     key_ptr, child_out_ptr, logp_out_ptr,
-    vocab, beams, k, slots, alpha, log_beta,
-    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr, SMALL: tl.constexpr,
+    vocab, beams, k, slots, alpha, log_beta, n_override,
+    USE_BID: tl.constexpr, HAS_ALLOWED: tl.constexpr, RENORM: tl.constexpr,
+    HAS_OVERRIDE: tl.constexpr, SMALL: tl.constexpr,
     BLOCK_V: tl.constexpr, BLOCK_PAD: tl.constexpr, PAD_KEY: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -165,6 +184,8 @@ def _beam_step_rows_kernel(
     logp_row = logp_out_ptr + row * slots
     logits_row = logits_ptr + row * stride_lr
     allowed_row = allowed_ptr + row * stride_ar
+    override_child_row = override_child_ptr + (row // beams) * n_override  # the row's request
+    override_bid_row = override_bid_ptr + (row // beams) * n_override
     beam_score = tl.load(beam_scores_ptr + row)
     node = tl.load(row_node_ptr + row).to(tl.int64)
 
@@ -177,13 +198,15 @@ def _beam_step_rows_kernel(
                 stored = _row_candidates(
                     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
                     start, count, vocab, alpha, log_beta, beam_score, k, beam,
-                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, SMALL,
+                    key_row, child_row, logp_row, override_child_row, override_bid_row, n_override,
+                    USE_BID, HAS_ALLOWED, RENORM, HAS_OVERRIDE, SMALL,
                 )
             else:  # a large node: a whole-row tile
                 stored = _row_candidates(
                     logits_row, stride_lv, allowed_row, stride_av, child_code_ptr, child_bid_ptr,
                     start, count, vocab, alpha, log_beta, beam_score, k, beam,
-                    key_row, child_row, logp_row, USE_BID, HAS_ALLOWED, RENORM, BLOCK_V,
+                    key_row, child_row, logp_row, override_child_row, override_bid_row, n_override,
+                    USE_BID, HAS_ALLOWED, RENORM, HAS_OVERRIDE, BLOCK_V,
                 )
 
     # Unused survivor slots get a key below every real one (child and logp stay unwritten).
@@ -208,17 +231,21 @@ def beam_step_triton(
     log_beta: float,
     allowed: torch.Tensor | None = None,
     renormalize: bool = True,
+    override_child: torch.Tensor | None = None,
+    override_bid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backend, for inputs the public op has validated: ``(scores, parent, token,
     child, logp)``, each ``[N, k]``, as ``beam_step_torch`` returns them.
 
     Each node's children must have distinct, ascending codes (``_C.build_trie``'s layout); a
     node with all ``V`` codes as children is read without its ``child_code`` range.
+    ``override_child`` / ``override_bid`` (``[N, E]``, both or neither) only act when ``alpha != 0``.
     """
     n, p = beam_scores.shape
     keys, child, logp = _row_survivors(
         logits, beam_scores, row_node, child_ptr, child_code, child_max_bid,
         k=k, alpha=alpha, log_beta=log_beta, allowed=allowed, renormalize=renormalize,
+        override_child=override_child, override_bid=override_bid,
     )
     slots = keys.shape[1]
     return _merge(keys.view(n, p * slots), child.view(n, p * slots), logp.view(n, p * slots), k,
@@ -226,7 +253,8 @@ def beam_step_triton(
 
 
 def _row_survivors(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, *, k, alpha,
-                   log_beta, allowed, renormalize=True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   log_beta, allowed, renormalize=True, override_child=None,
+                   override_bid=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the row kernel: ``(keys, child, logp)``, each ``[rows, min(k, V)]``.
 
     Row r's first ``min(k, admissible children)`` slots hold its best candidates (lane order);
@@ -242,6 +270,7 @@ def _row_survivors(logits, beam_scores, row_node, child_ptr, child_code, child_m
     launch = beam_step_rows_launch(
         logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, keys, child, logp,
         k=k, alpha=alpha, log_beta=log_beta, allowed=allowed, renormalize=renormalize,
+        override_child=override_child, override_bid=override_bid,
     )
     if logits.device.type == "cuda":
         with torch.cuda.device(logits.device):
@@ -267,6 +296,8 @@ def beam_step_rows_launch(
     log_beta: float,
     allowed: torch.Tensor | None,
     renormalize: bool = True,
+    override_child: torch.Tensor | None = None,
+    override_bid: torch.Tensor | None = None,
 ) -> Launch:
     """The row-kernel launch that fills ``keys``, ``child``, ``logp`` (contiguous
     ``[rows, min(k, V)]``, none empty); shared by :func:`beam_step_triton` and
@@ -279,15 +310,24 @@ def beam_step_rows_launch(
         stride_ar, stride_av = allowed_arg.stride()
     else:
         allowed_arg, stride_ar, stride_av = keys, 0, 0  # never read: HAS_ALLOWED=False
+    use_bid = float(alpha) != 0.0
+    has_override = use_bid and override_child is not None
+    if has_override:  # rows of E entries, read at request * E
+        override_child_arg, override_bid_arg = override_child.contiguous(), override_bid.contiguous()
+        n_override = override_child.shape[1]
+    else:  # never read: HAS_OVERRIDE=False (int64 / float32 placeholders)
+        override_child_arg, override_bid_arg, n_override = keys, logp, 0
     block_v = triton.next_power_of_2(vocab)
     args = (
         logits, logits.stride(0), logits.stride(1), beam_scores.contiguous(),
         row_node.contiguous(), child_ptr.contiguous(), child_code.contiguous(),
         child_max_bid.contiguous(), allowed_arg, stride_ar, stride_av,
-        keys, child, logp, vocab, p, k, slots, float(alpha), float(log_beta),
+        override_child_arg, override_bid_arg,
+        keys, child, logp, vocab, p, k, slots, float(alpha), float(log_beta), n_override,
     )
     meta = dict(
-        USE_BID=float(alpha) != 0.0, HAS_ALLOWED=allowed is not None, RENORM=bool(renormalize),
+        USE_BID=use_bid, HAS_ALLOWED=allowed is not None, RENORM=bool(renormalize),
+        HAS_OVERRIDE=has_override,
         SMALL=min(_SMALL_TILE, block_v), BLOCK_V=block_v, BLOCK_PAD=_BLOCK_PAD, PAD_KEY=_PAD_KEY,
         num_warps=4 if block_v <= 1024 else 8 if block_v <= 4096 else 16,
     )

@@ -111,15 +111,20 @@ def tensors(case: dict) -> tuple:
 
 
 def run_backend(case: dict, k: int, alpha: float, beta: float, backend: str,
-                renormalize: bool = True) -> BeamStep:
+                renormalize: bool = True, override: tuple | None = None) -> BeamStep:
+    """``override``: ``(override_child, override_bid)`` as ``make_override`` returns them."""
+    child, bid = override if override is not None else (None, None)
     return beam_step(*tensors(case), k=k, alpha=alpha, beta=beta, allowed=case["allowed"],
-                     renormalize=renormalize, backend=backend)
+                     renormalize=renormalize, override_child=child, override_bid=bid,
+                     backend=backend)
 
 
-def reference(case: dict, k: int, alpha: float, beta: float, renormalize: bool = True) -> BeamStep:
+def reference(case: dict, k: int, alpha: float, beta: float, renormalize: bool = True,
+              override: tuple | None = None) -> BeamStep:
     cpu = {key: None if t is None else t.cpu() for key, t in case.items()}
+    child, bid = (t.cpu() for t in override) if override is not None else (None, None)
     return beam_step_torch(*tensors(cpu), k=k, alpha=alpha, log_beta=log_beta(beta), allowed=cpu["allowed"],
-                           renormalize=renormalize)
+                           renormalize=renormalize, override_child=child, override_bid=bid)
 
 
 def assert_missing_entries(step: BeamStep) -> None:
@@ -130,9 +135,9 @@ def assert_missing_entries(step: BeamStep) -> None:
 
 
 def assert_same_step(got: BeamStep, case: dict, k: int, alpha: float, beta: float,
-                     atol: float = 1e-5, renormalize: bool = True) -> None:
+                     atol: float = 1e-5, renormalize: bool = True, override: tuple | None = None) -> None:
     got = BeamStep(*(t.cpu() for t in (got.scores, got.parent, got.token, got.child, got.logp)))
-    want = reference(case, k, alpha, beta, renormalize)
+    want = reference(case, k, alpha, beta, renormalize, override)
     n = want.scores.shape[0]
     for name in ("scores", "parent", "token", "child", "logp"):
         g, w = getattr(got, name), getattr(want, name)
@@ -156,7 +161,7 @@ def assert_same_step(got: BeamStep, case: dict, k: int, alpha: float, beta: floa
 
     # Entries and order: exact between groups of reference scores closer than TIE_TOL.
     p, vocab = case["beam_scores"].shape[1], case["logits"].shape[1]
-    every = reference(case, p * vocab, alpha, beta, renormalize)  # every candidate, ranked
+    every = reference(case, p * vocab, alpha, beta, renormalize, override)  # every candidate, ranked
     for req in range(n):
         ranked = every.scores[req]
         live = int(every.alive[req].sum())
@@ -245,6 +250,54 @@ def test_torch_reference_without_renormalization(n, p, vocab, k, alpha, beta, de
     for req, q in alive.nonzero().tolist():
         want = float(masked[req * p + int(parent[req, q]), int(token[req, q])])
         assert float(got.logp[req, q]) == pytest.approx(want, abs=1e-5)
+
+
+def make_override(case: dict, entries: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-request bid overrides ``[N, entries]``: random depth-2 nodes (the all-codes node's
+    children among them), some named twice with different bids, -1 pads, zero bids."""
+    gen = torch.Generator().manual_seed(seed)
+    n = case["beam_scores"].shape[0]
+    nodes = case["child_code"].numel()
+    child = torch.randint(-1, nodes, (n, entries), generator=gen)
+    if entries > 1:
+        child[:, 1] = child[:, 0]  # named twice: the smaller bid counts
+    bid = torch.randint(0, 5, (n, entries), generator=gen).float() * 0.75
+    device = case["logits"].device
+    return child.to(device), bid.to(device)
+
+
+@pytest.mark.parametrize(("n", "p", "vocab", "k", "entries"), [(1, 1, 1, 1, 1), (3, 5, 7, 4, 3),
+                                                               (3, 5, 33, 38, 5), (2, 3, 130, 9, 17)])
+@pytest.mark.parametrize(("alpha", "beta"), ALPHA_BETA)
+def test_torch_reference_bid_override_is_a_per_request_max_bid(n, p, vocab, k, entries, alpha, beta,
+                                                               device) -> None:
+    # Oracle: each request alone, with child_max_bid rewritten where its overrides name a child.
+    case = make_case(n, p, vocab, seed=n * 31 + vocab, device=device, with_allowed=True)
+    child, bid = make_override(case, entries, seed=vocab)
+    got = beam_step(*tensors(case), k=k, alpha=alpha, beta=beta, allowed=case["allowed"],
+                    override_child=child, override_bid=bid, backend="torch")
+    for req in range(n):
+        rows = slice(req * p, (req + 1) * p)
+        max_bid = case["child_max_bid"].clone()
+        for j, b in sorted(zip(child[req].tolist(), bid[req].tolist()), key=lambda e: -e[1]):
+            if j >= 0:
+                max_bid[j] = b  # the smallest bid of a child named twice is written last
+        want = beam_step(case["logits"][rows], case["beam_scores"][req:req + 1], case["row_node"][rows],
+                         case["child_ptr"], case["child_code"], max_bid, k=k, alpha=alpha, beta=beta,
+                         allowed=case["allowed"][rows], backend="torch")
+        for name in ("scores", "parent", "token", "child", "logp"):
+            assert torch.equal(getattr(got, name)[req], getattr(want, name)[0]), name
+
+
+def test_bad_overrides_raise_field_error() -> None:
+    case = make_case(2, 3, 7, seed=5, device=torch.device("cpu"))
+    child, bid = make_override(case, 2, seed=1)
+    bad = {"override_child": [(None, bid), (child[:1], bid[:1]), (child.float(), bid)],
+           "override_bid": [(child, None), (child, bid.double()), (child, bid[:, :1])]}
+    for field, pairs in bad.items():
+        for c, b in pairs:
+            with pytest.raises(FieldError, match=field):
+                beam_step(*tensors(case), k=2, alpha=1.0, override_child=c, override_bid=b)
 
 
 def test_torch_reference_by_hand() -> None:
@@ -555,3 +608,38 @@ def test_cuda_without_renormalization() -> None:
     assert_same_step(got, case, 9, 0.0, 0.0, renormalize=False)
     with pytest.raises(BackendUnavailableError, match="renormalize"):
         run_backend(case, 9, 0.0, 0.0, "cuda", renormalize=False)
+
+
+# --- Triton: per-request bid overrides ----------------------------------------------------------
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(("n", "p", "vocab", "k", "entries"), [(1, 1, 1, 1, 1), (3, 5, 7, 4, 3),
+                                                               (3, 5, 33, 38, 5), (2, 3, 130, 9, 17)])
+@pytest.mark.parametrize(("alpha", "beta"), ALPHA_BETA)
+@pytest.mark.parametrize("with_allowed", [False, True], ids=["all", "allowed"])
+def test_triton_bid_override_matches_reference(n, p, vocab, k, entries, alpha, beta, with_allowed,
+                                               triton_device) -> None:
+    case = make_case(n, p, vocab, seed=n * 37 + vocab, device=triton_device, with_allowed=with_allowed)
+    override = make_override(case, entries, seed=vocab + 1)
+    got = run_backend(case, k, alpha, beta, "triton", override=override)
+    assert_same_step(got, case, k, alpha, beta, override=override)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("child_dtype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_triton_bid_override_whole_row_tiles(child_dtype, triton_device, monkeypatch) -> None:
+    # A 4-lane small tile: the overrides also act in the whole-row and full-node tiles. The
+    # all-codes node's children are named too, so the override changes the result.
+    from ega_infer.kernels import beam_step as kernel_module
+
+    monkeypatch.setattr(kernel_module, "_SMALL_TILE", 4)
+    case = make_case(3, 5, 33, seed=41, device=triton_device, with_allowed=True)
+    child, bid = make_override(case, 6, seed=2)
+    child[:, 2:] = torch.tensor([3, 5, 8, 13], device=child.device)  # node 0's: child j has code j
+    bid[:, 2:] = torch.tensor([0.0, 4.0, 0.25, 3.0], device=bid.device)
+    override = (child.to(child_dtype), bid)
+    assert not torch.equal(reference(case, 8, 1.2, 0.0, override=override).scores,
+                           reference(case, 8, 1.2, 0.0).scores)
+    assert_same_step(run_backend(case, 8, 1.2, 0.0, "triton", override=override), case, 8, 1.2, 0.0,
+                     override=override)

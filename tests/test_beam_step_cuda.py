@@ -4,8 +4,9 @@ reference, on a GPU.
 Cases cover one beam and one request, odd sizes, ``k`` above the number of candidates, dead beams
 (node -1, or a live node with score -inf), nodes with no child, one child and every code, masks
 that remove all children of a row, exact ties (integer logits, duplicated rows), strided logits,
-the shared-memory limits (rows of > 16384 children, the sort past 2048 keys), the goal shape, and
-token weights that would overflow ``bid ** alpha + beta`` in float32. The same kernels run on the
+the shared-memory limits (rows of > 16384 children, the sort past 2048 keys), the goal shape,
+token weights that would overflow ``bid ** alpha + beta`` in float32, and per-request bid
+overrides (a child named twice, -1 pads, up to 17 entries). The same kernels run on the
 CPU on every test run in ``tests/test_cuda_emulation.py``, on the same cases
 (``tests/cuda_emulation/cases.py``).
 
@@ -21,7 +22,8 @@ import pytest
 import torch
 
 from cuda_emulation.cases import (
-    NEG_INF, assert_logp_matches_float64, assert_step_matches, beam_inputs, log_beta, make_beam_case,
+    NEG_INF, add_override, assert_logp_matches_float64, assert_step_matches, beam_inputs, log_beta,
+    make_beam_case,
 )
 from ega_infer import _native
 from ega_infer.exceptions import BackendUnavailableError, FieldError
@@ -47,7 +49,8 @@ DTYPES = [
 
 def run(case: dict, k: int, alpha: float = 1.2, beta: float = 2.0):
     return beam_step_cuda(*beam_inputs(case), k=k, alpha=alpha, log_beta=log_beta(beta),
-                          allowed=case["allowed"])
+                          allowed=case["allowed"], override_child=case.get("override_child"),
+                          override_bid=case.get("override_bid"))
 
 
 def check(case: dict, k: int, alpha: float = 1.2, beta: float = 2.0, atol=1e-5, rtol=1e-5) -> None:
@@ -174,6 +177,40 @@ def test_public_op_dispatches_to_cuda() -> None:
         assert torch.equal(getattr(step, name), t), name
 
 
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(
+    ("requests", "beams", "vocab", "k", "entries", "alpha", "beta", "dtype", "with_allowed", "index_dtype"),
+    [
+        (1, 1, 1, 1, 1, 1.2, 2.0, torch.float32, False, torch.int64),
+        (1, 5, 7, 16, 3, 1.0, 0.0, torch.float32, False, torch.int32),
+        (2, 9, 33, 12, 5, 1.0, 0.0, torch.float32, True, torch.int64),
+        (3, 37, 130, 111, 17, 1.2, 2.0, torch.bfloat16, True, torch.int32),
+        (2, 7, 131, 1, 2, 0.5, 0.25, torch.float16, False, torch.int64),
+        (3, 37, 4097, 16, 17, 1.2, 2.0, torch.float32, False, torch.int64),
+        (2, 64, 20000, 32, 17, 1.2, 2.0, torch.bfloat16, False, torch.int64),  # rows streamed
+        (1, 40, 300, 2500, 9, 1.0, 0.0, torch.bfloat16, True, torch.int32),    # sort in global memory
+    ],
+)
+def test_cuda_override_matches_reference(requests, beams, vocab, k, entries, alpha, beta, dtype, with_allowed,
+                                         index_dtype) -> None:
+    case = make_beam_case(requests, beams, vocab, seed=40 + vocab, dtype=dtype, with_allowed=with_allowed,
+                          device="cuda")
+    check(add_override(case, entries, seed=41 + entries, dtype=index_dtype), k, alpha, beta)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_public_op_passes_the_override_to_cuda() -> None:
+    case = add_override(make_beam_case(2, 9, 33, seed=28, with_allowed=True, device="cuda"), 6, seed=48)
+    step = beam_step(*beam_inputs(case), k=12, alpha=1.2, beta=2.0, allowed=case["allowed"],
+                     override_child=case["override_child"], override_bid=case["override_bid"], backend="cuda")
+    want = run(case, 12)
+    for name, t in zip(("scores", "parent", "token", "child", "logp"), want):
+        assert torch.equal(getattr(step, name), t), name
+    assert not torch.equal(step.scores, run(dict(case, override_child=None, override_bid=None), 12)[0])
+
+
 # --- without a GPU ------------------------------------------------------------------------------
 
 
@@ -219,4 +256,23 @@ def test_kernel_inputs_are_what_the_kernels_read() -> None:
         assert torch.equal(got[name].long(), case[name].long()), name
     columns = case["logits"].t().contiguous().t()  # unit row stride: copied
     assert kernel_inputs(columns, *beam_inputs(case)[1:], None)["logits"].stride(1) == 1
+    assert got["override_child"] is None and got["override_bid"] is None
+
+
+def test_kernel_inputs_override() -> None:
+    case = make_beam_case(2, 3, 7, seed=31)
+    child = torch.tensor([[3, -1, 5, 3], [-1, -1, 0, 2]], dtype=torch.int32)[:, ::2]  # strided int32
+    bid = torch.tensor([[0.5, 2.0, 1.0, 9.0], [0.0, 0.0, 3.0, 4.0]])[:, 1::2]
+    got = kernel_inputs(*beam_inputs(case), None, override_child=child, override_bid=bid)
+    assert got["override_child"].dtype == torch.int64 and got["override_bid"].dtype == torch.float32
+    assert got["override_child"].is_contiguous() and got["override_bid"].is_contiguous()
+    assert torch.equal(got["override_child"], child.long()) and torch.equal(got["override_bid"], bid)
+    empty = kernel_inputs(*beam_inputs(case), None, override_child=child[:, :0], override_bid=bid[:, :0])
+    assert empty["override_child"] is None and empty["override_bid"] is None  # E == 0: no override
+    for kwargs, name in [(dict(override_child=child), "override_bid"),
+                         (dict(override_child=child[:1], override_bid=bid[:1]), "override_child"),
+                         (dict(override_child=child.flatten(), override_bid=bid.flatten()), "override_child"),
+                         (dict(override_child=child, override_bid=bid[:, :1]), "override_bid")]:
+        with pytest.raises(FieldError, match=name):
+            kernel_inputs(*beam_inputs(case), None, **kwargs)
     assert math.isinf(log_beta(0.0)) and log_beta(math.e) == 1.0

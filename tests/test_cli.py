@@ -46,7 +46,7 @@ def test_eval_prints_the_mechanism_table(capsys):
     assert main(args + ["--json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert table["engine slates, VCG"]["psi"] < 1e-6
-    assert "psi_redecode" in table["engine + payment network"]
+    assert "psi_full" in table["engine + payment network"] and "regret_per_surplus_full" in table["engine slates, GSP"]
 
 
 def test_bench_writes_json_with_latency_and_throughput(tmp_path, capsys):

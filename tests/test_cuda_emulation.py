@@ -54,11 +54,12 @@ import torch
 
 from cuda_emulation import harness
 from cuda_emulation.cases import (
-    NEG_INF, assert_attention_matches, assert_logp_matches_float64, assert_step_matches,
-    attention_inputs, beam_inputs, log_beta, make_attention_case, make_beam_case,
+    NEG_INF, add_override, assert_attention_matches, assert_logp_matches_float64, assert_step_matches,
+    attention_inputs, beam_inputs, beam_override, log_beta, make_attention_case, make_beam_case,
     token_weight_float64,
 )
-from ega_infer.ops import decode_attention_cuda
+from ega_infer.exceptions import FieldError
+from ega_infer.ops import decode_attention_cuda, trie_log_softmax_torch
 
 REPO = Path(__file__).resolve().parent.parent
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -109,9 +110,11 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def run_beam(emu, case, k, alpha=1.2, beta=2.0, limits=(0, 0, 0)):
+    # the case's override as given (E == 0 included): the kernels see what beam_step_cuda passes
+    override = {"override_child": case.get("override_child"), "override_bid": case.get("override_bid")}
     return every_schedule(emu, lambda: emu.beam_step(*beam_inputs(case), k=k, alpha=alpha,
                                                      log_beta=log_beta(beta), allowed=case["allowed"],
-                                                     limits=limits))
+                                                     limits=limits, **override))
 
 
 def check_beam(emu, case, k, alpha=1.2, beta=2.0, limits=(0, 0, 0)):
@@ -231,6 +234,95 @@ def test_beam_step_paths(emu, requests, beams, vocab, k, children, limits) -> No
     longest = int((case["child_ptr"][1:] - case["child_ptr"][:-1]).max())
     if limits[0]:
         assert longest > row_smem, "the case never leaves shared memory"
+
+
+# --- per-request bid overrides
+
+# (requests, beams, vocab, k, entries, alpha, beta, logits dtype, allowed, override_child dtype)
+OVERRIDE_CASES = [
+    pytest.param(1, 1, 1, 1, 1, 1.2, 2.0, torch.float32, False, torch.int64, id="N1P1V1k1E1"),
+    pytest.param(1, 5, 7, 16, 3, 1.0, 0.0, torch.float32, False, torch.int32, id="N1P5V7k16E3-int32-beta0"),
+    pytest.param(2, 9, 33, 12, 5, 1.0, 0.0, torch.float32, True, torch.int64, id="N2P9V33k12E5-allowed-beta0"),
+    pytest.param(3, 37, 130, 111, 17, 1.2, 2.0, torch.bfloat16, True, torch.int32, id="N3P37V130k111E17-bf16"),
+    pytest.param(2, 7, 131, 1, 2, 0.5, 0.25, torch.float16, False, torch.int64, id="N2P7V131k1E2-fp16"),
+    pytest.param(3, 37, 4097, 16, 17, 1.2, 2.0, torch.float32, False, torch.int64, id="N3P37V4097k16E17"),
+]
+
+
+def _override_changes_the_step(case, alpha, beta) -> bool:
+    """Whether the override moves any value of the trie log-softmax (else the test proves nothing)."""
+    args = (case["logits"], case["row_node"], case["child_ptr"], case["child_code"], case["child_max_bid"])
+    kw = dict(alpha=alpha, log_beta=log_beta(beta), allowed=case["allowed"])
+    plain = trie_log_softmax_torch(*args, **kw)
+    moved = trie_log_softmax_torch(*args, **kw, **beam_override(case))
+    return not torch.equal(plain, moved)
+
+
+@pytest.mark.parametrize(("requests", "beams", "vocab", "k", "entries", "alpha", "beta", "dtype", "with_allowed",
+                          "index_dtype"), OVERRIDE_CASES)
+def test_beam_step_override_matches_reference(emu, requests, beams, vocab, k, entries, alpha, beta, dtype,
+                                              with_allowed, index_dtype) -> None:
+    case = make_beam_case(requests, beams, vocab, seed=40 + vocab, dtype=dtype, with_allowed=with_allowed)
+    case = add_override(case, entries, seed=41 + entries, dtype=index_dtype)
+    if vocab > 1:
+        assert _override_changes_the_step(case, alpha, beta)
+    check_beam(emu, case, k, alpha, beta)
+
+
+@pytest.mark.parametrize(("requests", "beams", "vocab", "k", "children", "limits"), [
+    pytest.param(2, 9, 300, 20, None, (64, 0, 0), id="rows-streamed"),
+    pytest.param(3, 21, 130, 111, None, (16, 128, 64), id="all-limits"),
+])
+def test_beam_step_override_paths(emu, requests, beams, vocab, k, children, limits) -> None:
+    # Streamed rows recompute v on every select pass, and the root decodes logp again: all three
+    # must weigh a child with the same (overridden) bid, or logp and the score disagree.
+    case = make_beam_case(requests, beams, vocab, seed=42, dtype=torch.bfloat16, children=children)
+    case = add_override(case, 9, seed=43)
+    assert _override_changes_the_step(case, 1.2, 2.0)
+    check_beam(emu, case, k, limits=limits)
+    longest = int((case["child_ptr"][1:] - case["child_ptr"][:-1]).max())
+    assert longest > limits[0], "the case never leaves shared memory"
+
+
+def test_beam_step_override_min_of_duplicates_and_pads(emu) -> None:
+    # A child named twice (the smaller bid counts, whichever entry comes first) among -1 pads is
+    # the same step as that child named once with the smaller bid.
+    case = make_beam_case(2, 4, 9, seed=44)
+    j = int(case["child_ptr"][0]) + 3  # a child of node 0, which row 0 sits at
+    last = int(case["child_ptr"][-1]) - 1
+    child = torch.tensor([[-1, j, -1, j, last], [j, -1, -1, -1, -1]])
+    bid = torch.tensor([[9.0, 50.0, 1.0, 0.3, 0.0], [0.0, 7.0, 7.0, 7.0, 7.0]])
+    once = dict(case, override_child=torch.tensor([[j, last], [j, -1]]),
+                override_bid=torch.tensor([[0.3, 0.0], [0.0, 0.0]]))
+    want = run_beam(emu, once, 6, 1.0, 0.0)[0]
+    plain = run_beam(emu, case, 6, 1.0, 0.0)[0]
+    assert not torch.equal(want[4], plain[4]), "the override changes nothing"
+    swapped = [0, 3, 2, 1, 4]  # the 0.3 entry of request 0 before the 50.0 one
+    for c, b in ((child, bid), (child[:, swapped], bid[:, swapped])):
+        got = check_beam(emu, dict(case, override_child=c, override_bid=b), 6, 1.0, 0.0)[0]
+        for a, w in zip(got, want):
+            assert torch.equal(a, w)
+
+
+def test_beam_step_override_no_entries_or_alpha_zero_is_no_override(emu) -> None:
+    case = make_beam_case(2, 9, 33, seed=45, with_allowed=True)
+    plain = run_beam(emu, case, 12)[0]
+    empty = dict(case, override_child=torch.zeros(2, 0, dtype=torch.int32), override_bid=torch.zeros(2, 0))
+    for a, b in zip(plain, run_beam(emu, empty, 12)[0]):
+        assert torch.equal(a, b)
+    named = add_override(case, 6, seed=46)
+    for a, b in zip(run_beam(emu, case, 12, 0.0, 2.0)[0], run_beam(emu, named, 12, 0.0, 2.0)[0]):
+        assert torch.equal(a, b)  # alpha == 0: bids do not weigh, so neither do their overrides
+
+
+def test_beam_step_override_bad_shapes_are_errors(emu) -> None:
+    case = make_beam_case(2, 3, 7, seed=47)
+    child, bid = torch.zeros(2, 4, dtype=torch.int64), torch.ones(2, 4)
+    for kwargs, name in [(dict(override_child=child), "override_bid"), (dict(override_bid=bid), "override_child"),
+                         (dict(override_child=child[:1], override_bid=bid[:1]), "override_child"),
+                         (dict(override_child=child, override_bid=bid[:, :3]), "override_bid")]:
+        with pytest.raises(FieldError, match=name):
+            emu.beam_step(*beam_inputs(case), k=2, alpha=1.0, log_beta=0.0, **kwargs)
 
 
 def test_beam_step_workspace_layout(emu) -> None:

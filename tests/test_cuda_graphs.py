@@ -37,6 +37,23 @@ def test_bucketing_and_padding_change_no_slate(mode):
     assert len(padded.decode_graphs._entries) == 1  # a new catalog starts afresh
 
 
+@pytest.mark.parametrize("pricing", ["network", "clarke"])
+def test_exclusion_widths_pad_into_their_own_entries(pricing):
+    padded = Engine.from_pretrained("tiny")
+    padded.decode_graphs = DecodeGraphs(1 + padded.config.encoder.max_history, capture=False)
+    plain = Engine.from_pretrained("tiny")
+    catalog = synthetic_catalog(plain.config, n_items=400, seed=5)
+    for engine in (padded, plain):
+        engine.set_catalog(catalog)
+    config = dataclasses.replace(plain.default_config, pricing=pricing)
+    requests = synthetic_requests(catalog, plain.config, n=4, seed=6)
+    ads = catalog.item_ids[catalog.is_ad]
+    excluding = [dataclasses.replace(r, exclude_items=list(ads[3 * i: 3 * i + 1 + 2 * i])) for i, r in enumerate(requests)]
+    for batch in (requests[:2], excluding[:2], excluding):  # exclusion widths 0, 3 (-> 4) and 7 (-> 8)
+        _same(padded.generate(batch, config), plain.generate(batch, config))
+    assert {key[1] for key in padded.decode_graphs._entries} == {0, 4, 8}
+
+
 @pytest.fixture
 def engines(device):
     if device.type != "cuda":

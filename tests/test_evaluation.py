@@ -1,5 +1,6 @@
-"""Offline evaluation: the payment network's threshold input, full re-decode regret and the
-cascade baseline."""
+"""Offline evaluation: the payment network's threshold input, the batched full re-decode regret
+against one engine call per (request, ad, gamma) on a catalog with that bid, and the cascade
+baseline."""
 
 import dataclasses
 import functools
@@ -11,7 +12,7 @@ import torch
 from ega_infer import Engine
 from ega_infer.auction import ex_post_regret
 from ega_infer.auction.lists import list_vcg_prices, selection_mechanism
-from ega_infer.evaluation import cascade_slates, redecode_regret
+from ega_infer.evaluation import cascade_slates, redecode_rules
 from ega_infer.model import GenerativeAdModel
 from ega_infer.post import network_prices
 from ega_infer.presets import get_preset
@@ -49,27 +50,55 @@ def test_untrained_payment_network_prices_at_the_clarke_threshold():
     assert regret.grid.max() < 1e-3
 
 
-def test_redecode_at_the_truthful_bid_has_no_regret(trained):
+def _one_by_one(engine, requests, config, gammas):
+    """The oracle: per request, per ad of its live lists, per gamma, the engine served again on
+    a catalog where that ad bids gamma x value; best utility where it lands in the slate."""
+    catalog = engine.catalog
+    out = {}
+    for i, request in enumerate(requests):
+        lists = engine.serve_batch([request], config)
+        alive = lists.alive[0]
+        ads = sorted({int(r) for r in lists.items[0][alive].flatten().tolist()
+                      if r >= 0 and catalog.is_ad[r]}, reverse=True)
+        served = engine.generate([request], config)[0]
+        for a in ads:
+            item_id, value = int(catalog.item_ids[a]), float(catalog.bids[a])
+            truthful = next(((value - s.payment) * s.pctr_poi for s in served.slots if s.item_id == item_id), 0.0)
+            best = 0.0
+            for gamma in gammas:
+                again = engine.generate([request], config, catalog=catalog.with_bids([item_id], [gamma * value]))[0]
+                best = max(best, next(((value - s.payment) * s.pctr_poi for s in again.slots if s.item_id == item_id), 0.0))
+            out[(i, a)] = (truthful, max(best - truthful, 0.0))
+    return out
+
+
+def test_batched_redecode_equals_one_engine_call_per_misreport(trained):
     engine, world = trained
     requests = [world.request(int(u)) for u in world.users("test")[:3]]
-    report = redecode_regret(engine, requests, gammas=(1.0,))
-    slates = engine.generate(requests)
-    ads = torch.zeros_like(report.bidders)
-    for i, slate in enumerate(slates):
-        for s in slate.slots:
-            ads[i, s.slot] = s.is_ad
-    assert torch.equal(report.bidders, ads) and ads.any()
-    assert report.grid.abs().max() < 1e-9  # the same catalog decodes the same slate
-    assert engine.catalog is not None and np.array_equal(engine.catalog.bids, world.bids.astype(np.float32))  # the engine's catalog is untouched
+    config = engine.default_config
+    gammas = (0.4, 1.0, 1.8)
+    got = redecode_rules(engine, requests, config, ("network",), gammas=gammas, chunk=7)["network"]
+    want = _one_by_one(engine, requests, config, gammas)
+    bidders = 0
+    for i in range(len(requests)):
+        ads = got.regret.bidders[i].nonzero().flatten().tolist()
+        assert len(ads) == len([key for key in want if key[0] == i])
+        bidders += len(ads)
+    assert bidders > 3
+    regrets = sorted(v[1] for v in want.values())
+    assert np.allclose(sorted(got.regret.grid[got.regret.bidders].tolist()), regrets, atol=1e-4)
+    utilities = sorted(v[0] for v in want.values())
+    assert np.allclose(sorted(got.regret.utility[got.regret.bidders].tolist()), utilities, atol=1e-4)
+    assert np.array_equal(engine.catalog.bids, world.bids.astype(np.float32))  # the engine's catalog is untouched
 
 
 def test_redecode_regret_is_a_nonnegative_lower_bound(trained):
     engine, world = trained
     requests = [world.request(int(u)) for u in world.users("test")[3:5]]
-    report = redecode_regret(engine, requests, gammas=(0.4, 1.0, 1.8))
-    assert torch.all(report.grid >= 0) and torch.all(report.grid[~report.bidders] == 0)
-    assert torch.all(report.grid <= report.surplus + 1e-9)  # never more than the whole surplus
-    assert np.isfinite(report.psi("grid"))
+    for rule, result in redecode_rules(engine, requests, engine.default_config, gammas=(0.4, 1.0, 1.8)).items():
+        report = result.regret
+        assert torch.all(report.grid >= 0) and torch.all(report.grid[~report.bidders] == 0), rule
+        assert np.isfinite(report.psi("grid")) and result.regret_per_surplus() >= 0
 
 
 def test_cascade_fills_ad_slots_by_score_and_prices_by_gsp(trained):

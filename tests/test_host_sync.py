@@ -149,7 +149,7 @@ def test_encoder_never_synchronises(device, kernel_backend):
     catalog = synthetic_catalog(engine.config, n_items=300, seed=3)
     prepared = [prepare_request(r, engine.config, catalog, True)
                 for r in synthetic_requests(catalog, engine.config, n=3, seed=4)]
-    history, _ = collate(prepared, device, engine.config.encoder.max_history)
+    history, _, _ = collate(prepared, device, engine.config.encoder.max_history)
     with HostSyncGuard() as guard:
         engine.model.encoder(history, kernel_backend)
     assert guard.found == []
@@ -173,7 +173,7 @@ def test_decode_loop_never_synchronises_with_the_host(device, mode):
     config = DecodeConfig(mode=mode, beams=(4, 8, 8), num_slots=3, **({"max_ads": 2} if mode == "lists" else {}))
     prepared = [prepare_request(r, engine.config, catalog, mode == "lists")
                 for r in synthetic_requests(catalog, engine.config, n=3, seed=4)]
-    history, organic = collate(prepared, device, engine.config.encoder.max_history)
+    history, organic, _ = collate(prepared, device, engine.config.encoder.max_history)
     cfg = engine.config
     backends = resolve_backends("auto", device, head_dim=cfg.d_model // cfg.decoder.n_heads,
                                 prefill_head_dim=cfg.d_model // cfg.encoder.n_heads,

@@ -12,7 +12,10 @@ that range are truthful for the selection stage:
 * VCG: ``p_i * revenue * pCTR_i = max_L W_-i(L) - W_-i(L*)`` with ``W_-i`` the welfare without ad
   i's own term, ``L*`` the winner;
 * GSP: the winner's ads ranked by ``bid * pCTR``; each pays the next ad's score over its own
-  pCTR, the last one the best score of an ad that only other lists hold.
+  pCTR, the last one the best score of an ad that only other lists hold;
+* Clarke against counterfactual decodes: ``p_i * revenue * pCTR_i = W*_-i - W_-i(L*)`` with
+  ``W*_-i`` the best welfare of the lists decoded for the request without ad i (the whole
+  engine re-run, not the same beams).
 
 Both are capped at the bid. Shapes: lists ``[N, L, K]``, ``alive [N, L]``, ``winner [N]``; prices
 of the winner's slots ``[N, K]``.
@@ -27,7 +30,7 @@ import torch
 
 from ..decoding.config import ListScore
 
-__all__ = ["CandidateLists", "list_gsp_prices", "list_vcg_prices", "selection_mechanism"]
+__all__ = ["CandidateLists", "list_gsp_prices", "list_vcg_prices", "clarke_prices", "selection_mechanism"]
 
 
 @dataclass
@@ -123,6 +126,20 @@ def list_vcg_prices(lists: CandidateLists, winner: torch.Tensor) -> torch.Tensor
     scale = (revenue * pctr).clamp(min=1e-12)
     bids = lists.at(lists.bids, winner)
     price = ((best - chosen).clamp(min=0) / scale).minimum(bids.double())
+    return torch.where(won_ad, price, 0.0).to(bids.dtype)
+
+
+def clarke_prices(lists: CandidateLists, winner: torch.Tensor, without: torch.Tensor) -> torch.Tensor:
+    """Per-click Clarke prices ``[N, K]`` of the winner's slots: ``without [N, K]`` float64 is the
+    best welfare of the request decoded without each slot's ad (``-inf``: no live list; ignored
+    at organic and empty slots). Never negative, never above the bid, 0 for organic items."""
+    revenue = lists.weights.revenue
+    pctr = lists.at(lists.pctr, winner).double()
+    bids = lists.at(lists.bids, winner)
+    won_ad = lists.at(lists.is_ad, winner)
+    own = revenue * torch.where(won_ad, bids.double() * pctr, 0.0)
+    others = lists.at(lists.welfare(), winner)[:, None] - own  # W_-i(L*)
+    price = ((without - others).clamp(min=0) / (revenue * pctr).clamp(min=1e-12)).minimum(bids.double())
     return torch.where(won_ad, price, 0.0).to(bids.dtype)
 
 

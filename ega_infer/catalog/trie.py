@@ -154,6 +154,16 @@ class DeviceTrie:
         self.max_children = max_children  # per level: the most children any node has
         self.max_leaf_items = max_leaf_items  # the most items any leaf holds
         self.level_nodes = [int(c.numel()) for c in self.node_code]  # per level: the nodes at depth l + 1
+        self.node_item_count = self._item_counts()
+
+    def _item_counts(self) -> list[torch.Tensor]:
+        """Per level, the items below each depth-(l+1) node (on the device, no host sync):
+        the leaves' counts summed up the CSR child ranges."""
+        counts = [torch.diff(self.leaf_ptr)]
+        for ptr in reversed(self.child_ptr[1:]):
+            total = torch.cat([counts[0].new_zeros(1), torch.cumsum(counts[0], 0)])
+            counts.insert(0, total[ptr[1:]] - total[ptr[:-1]])
+        return counts
 
     def beam_capacity(self, level: int, beams: int, width: int, first_slot: bool = True) -> int:
         """``width`` cut to the most beams one request can hold after decoding ``level`` from
@@ -177,6 +187,19 @@ class DeviceTrie:
         valid = offset < count[:, None]
         child = torch.where(valid, start[:, None] + offset, 0).clamp(max=max(self.node_code[level].numel() - 1, 0))
         return child, valid
+
+    def leaf_scan(self, leaf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The items of leaves ``[...]`` (-1: none), padded to the largest leaf, in leaf order:
+        ``(items [..., M], valid [..., M])`` (items past a leaf's count are clamped rows, not -1).
+        Fixed shapes, no host sync."""
+        alive = leaf >= 0
+        leaf = leaf.clamp(min=0)
+        start = self.leaf_ptr[leaf]
+        count = torch.where(alive, self.leaf_ptr[leaf + 1] - start, 0)
+        offset = torch.arange(max(self.max_leaf_items, 1), device=leaf.device)
+        valid = offset < count[..., None]
+        items = self.leaf_items[(start[..., None] + offset).clamp(max=max(len(self.leaf_items) - 1, 0))]
+        return items, valid
 
     def resolve(self, leaf: torch.Tensor) -> torch.Tensor:
         """Default item of each leaf: its highest-bid ad, else its first organic item."""

@@ -149,6 +149,11 @@ def _beam_calls(name: str, preset, dtype: torch.dtype, coverage: Coverage) -> It
         label = f"{name}/{str(dtype)[6:]} level {level} beams {p}->{width} vocab {vocab}"
         bid = dict(alpha=config.alpha, log_beta=log_beta(config.beta), allowed=allowed)
         yield Call("beam_step", label, (logits, _meta(n, p), node, *trie), dict(k=width, **bid))
+        if config.alpha != 0:  # requests with exclusions, Clarke's counterfactual rows: per-request bids
+            override = dict(override_child=_meta(n, 8, dtype=torch.int64), override_bid=_meta(n, 8),
+                            allowed=_meta(rows, vocab + 1, dtype=torch.bool)[:, :vocab])
+            yield Call("beam_step", f"{label} override", (logits, _meta(n, p), node, *trie),
+                       dict(k=width, **{**bid, **override}))
 
 
 # -- decode_attention -----------------------------------------------------------------------------

@@ -9,6 +9,10 @@ One step per (slot, level) position, vectorised over requests and beams:
 After a slot's last level the leaf resolves to an item. ``candidates`` decodes one slot (each
 beam is one item); ``lists`` decodes ``num_slots`` slots (each beam is a whole slate) under the
 slate rules. No invalid SID can be emitted: every kept token is a trie child of its prefix.
+
+Per-request exclusions and replaced bids (``overrides.py``) decode exactly as the catalog
+without those items, or with those bids, would: the excluded items are masked like placed
+ones and ``beam_step`` weighs their paths with the bids the request leaves there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..model.decoder import DecoderContext, LazyARDecoder
 from ..ops._dispatch import OpBackends
 from ..ops.beam_step import beam_step
 from .config import DecodeSpec
+from .overrides import DecodeOverrides, ItemOverrides, choose_leaf_item
 from .slate_rules import SlateRules
 
 __all__ = ["beam_search"]
@@ -34,6 +39,8 @@ def beam_search(
     spec: DecodeSpec,
     backends: OpBackends,
     organic: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
+    overrides: ItemOverrides | None = None,
 ) -> CandidateLists:
     """Decode a batch into its candidate lists ``[N, L, K]``.
 
@@ -43,14 +50,26 @@ def beam_search(
     the sum of its level log-probs), ``poi_codes``, ``hidden`` (the decoder state that emitted
     each slot's last code, for the creative head) and the raw beams. ``organic [N, M]`` (catalog
     rows, -1 pad) is required in lists mode. A width wider than the catalog can fill is served
-    at what it can fill (``DeviceTrie.beam_capacity``)."""
+    at what it can fill (``DeviceTrie.beam_capacity``).
+
+    ``exclude [N, E]`` (catalog rows, -1 pad) keeps those items out of every beam of their
+    request; ``overrides`` (an ``ItemOverrides``) excludes items or gives ads another bid per
+    request. Items must be distinct within a request across both."""
     trie = catalog.trie
     levels = trie.levels
     schedule = spec.beam_schedule(levels)
     slots = spec.slots
     n = ctx.mask.shape[0]
     device = ctx.mask.device
-    rules = SlateRules(spec, trie, catalog.is_ad, organic) if spec.mode == "lists" else None
+    if exclude is not None:
+        excluded = ItemOverrides.exclusions(exclude.long())
+        overrides = excluded if overrides is None else overrides.cat(excluded)
+    ov = (DecodeOverrides(overrides, trie, catalog.is_ad, catalog.bids)
+          if overrides is not None and overrides.width > 0 else None)
+    if ov is not None and organic is not None:
+        organic = ov.drop_excluded(organic)
+    rules = (SlateRules(spec, trie, catalog.is_ad, organic, ov, spec.bid_blind)
+             if spec.mode == "lists" else None)
 
     trunk = decoder.trunk(ctx, slots * levels)
     dtype = trunk.dtype
@@ -81,11 +100,16 @@ def beam_search(
         )
         hidden, cache = decoder.tail_step(x, ctx, cache, backends.decode_attention)
         logits = decoder.logits(hidden, level).reshape(n * beams, -1)
-        allowed = rules.allowed(level, slot, node, items) if rules is not None else None
+        if rules is not None:
+            allowed = rules.allowed(level, slot, node, items)
+        else:
+            allowed = ov.allowed(level, node) if ov is not None else None
+        override_child, override_bid = ov.beam_step_override(level) if ov is not None else (None, None)
         step = beam_step(
             logits, scores, node.reshape(-1), trie.child_ptr[level], trie.node_code[level],
             trie.node_max_bid[level], k=width, alpha=spec.alpha, beta=spec.beta,
-            allowed=allowed, backend=backends.beam_step,
+            allowed=allowed, override_child=override_child, override_bid=override_bid,
+            backend=backends.beam_step,
         )
         scores, parent, token, alive = step.scores, step.parent, step.token, step.alive
         cache = cache.reorder(parent)
@@ -103,6 +127,10 @@ def beam_search(
             if rules is not None:
                 placed = rules.resolve(slot, node, items)
                 rules.place(slot, placed)
+            elif ov is not None:
+                placed = torch.where(alive, ov.resolve(node, spec.bid_blind), -1)
+            elif spec.bid_blind:
+                placed = torch.where(alive, _blind_resolve(trie, catalog.is_ad, node), -1)
             else:
                 placed = torch.where(alive, trie.resolve(node.clamp(min=0)), -1)
             items[..., slot] = placed
@@ -111,11 +139,19 @@ def beam_search(
             slot_logp = torch.zeros_like(slot_logp)
             node = torch.where(alive, 0, -1)
 
-    return _lists(spec, catalog, scores, items, codes, log_alloc, hidden_out)
+    return _lists(spec, catalog, scores, items, codes, log_alloc, hidden_out, ov)
+
+
+def _blind_resolve(trie, is_ad: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """Candidates mode, bid-blind: a leaf's ad of the lowest row, else its first organic item."""
+    items, valid = trie.leaf_scan(leaf)
+    ad = is_ad[items]
+    return choose_leaf_item(items, valid & ad, valid & ~ad, torch.zeros(items.shape, device=items.device))
 
 
 def _lists(spec: DecodeSpec, catalog: DeviceCatalog, scores: torch.Tensor, items: torch.Tensor,
-           codes: torch.Tensor, log_alloc: torch.Tensor, hidden: torch.Tensor) -> CandidateLists:
+           codes: torch.Tensor, log_alloc: torch.Tensor, hidden: torch.Tensor,
+           ov: DecodeOverrides | None = None) -> CandidateLists:
     """The final beams ``[N, B, ...]`` as candidate lists, with the placed items' ad flags and bids."""
     beam_items, beam_scores = items, scores
     alive = scores > float("-inf")
@@ -129,7 +165,7 @@ def _lists(spec: DecodeSpec, catalog: DeviceCatalog, scores: torch.Tensor, items
         alive = alive_k[:, :1].any(1, keepdim=True)
     safe = items.clamp(min=0)
     is_ad = catalog.is_ad[safe] & (items >= 0)
-    bids = torch.where(is_ad, catalog.bids[safe], 0.0)
+    bids = torch.where(is_ad, catalog.bids[safe] if ov is None else ov.item_bid(safe.view(safe.shape[0], -1)).view(safe.shape), 0.0)
     return CandidateLists(
         items=items, is_ad=is_ad, bids=bids, alive=alive, weights=spec.list_score, log_alloc=log_alloc,
         poi_codes=codes, hidden=hidden, beam_items=beam_items, beam_scores=beam_scores,

@@ -20,9 +20,12 @@ from ..exceptions import ConfigError
 from ..ops._dispatch import BACKENDS
 from ..ops.beam_step import MAX_ALPHA
 
-__all__ = ["DecodeConfig", "DecodeSpec", "ListScore", "MODES", "MAX_LIST_WEIGHT"]
+__all__ = ["DecodeConfig", "DecodeSpec", "ListScore", "MODES", "PRICING", "MAX_LIST_WEIGHT"]
 
 MODES = ("candidates", "lists")
+# network: EGA's payment network; vcg / gsp: over the decoded lists; clarke: against decodes of
+# the request without each winning ad; mir: bid-blind lists (maximal in range) priced by VCG
+PRICING = ("network", "vcg", "gsp", "clarke", "mir")
 # list scores are summed in float64 over up to max_slots bids of up to float32's max (3.4e38)
 MAX_LIST_WEIGHT = 1e200
 
@@ -65,6 +68,13 @@ class DecodeSpec:
     forbidden_ad_slots: tuple[int, ...]
     list_score: ListScore
     choose_creatives: bool
+    pricing: str = "network"
+
+    @property
+    def bid_blind(self) -> bool:
+        """Whether no bid may move the candidate lists (pricing ``"mir"``): leaves rank their
+        ads by catalog row, and ``alpha`` is 0."""
+        return self.pricing == "mir"
 
     @property
     def slots(self) -> int:
@@ -97,6 +107,11 @@ class DecodeConfig:
     forbidden_ad_slots : slot indices where no ad may go (lists mode).
     list_score : the reward-model list score that picks the winning list.
     choose_creatives : pick each POI's creative with the creative head (else none is chosen).
+    pricing : per-click prices of the winning slate, one of ``PRICING``: ``"network"`` (EGA's
+        payment network, the default), ``"vcg"`` and ``"gsp"`` over the decoded lists,
+        ``"clarke"`` (against the decodes of the request without each winning ad: one more
+        decode row per ad slot), ``"mir"`` (maximal in range: lists no bid can move, priced by
+        VCG; exactly truthful; needs ``alpha == 0``). Never above the bid, 0 for organic items.
     num_candidates : how many of the other candidates each slate reports (with scores).
     backend : kernel backend of every op, ``"auto" | "torch" | "triton" | "cuda"``
         (``"torch"``: the ops' PyTorch references; ``"cuda"``: CUDA C++ where an op has it).
@@ -115,6 +130,7 @@ class DecodeConfig:
     forbidden_ad_slots: tuple[int, ...] = ()
     list_score: ListScore = field(default_factory=ListScore)
     choose_creatives: bool = True
+    pricing: str = "network"
     num_candidates: int = 8
     backend: str = "auto"
     fallback_beams: tuple[tuple[int, ...], ...] = ()
@@ -151,6 +167,11 @@ class DecodeConfig:
             raise ConfigError("list_score", f"is {type(self.list_score).__name__}", "a ListScore")
         if not isinstance(self.choose_creatives, bool):
             raise ConfigError("choose_creatives", f"is {self.choose_creatives!r}", "True or False")
+        if not isinstance(self.pricing, str) or self.pricing not in PRICING:
+            raise ConfigError("pricing", f"is {self.pricing!r}", f"one of {PRICING}")
+        if self.pricing == "mir" and self.alpha != 0:
+            raise ConfigError("alpha", f"is {self.alpha!r} with pricing='mir'",
+                              "0: token weights a bid can move would let bids move the candidate lists")
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ConfigError("backend", f"is {self.backend!r}", f"one of {BACKENDS}")
         fallbacks = self.fallback_beams
@@ -172,7 +193,7 @@ class DecodeConfig:
         return DecodeSpec(
             self.mode, self.beams if beams is None else beams, self.num_slots, float(self.alpha),
             float(self.beta), self.max_ads, self.min_gap, self.forbidden_ad_slots, self.list_score,
-            self.choose_creatives,
+            self.choose_creatives, self.pricing,
         )
 
 

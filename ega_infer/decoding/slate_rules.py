@@ -3,7 +3,9 @@
 At slot s a beam may take any ad it has not used yet (when the slot rules allow an ad there)
 or the next organic item of its request (organic items keep their given order). A trie child
 is admissible when its subtree still holds such an item; a chosen leaf resolves to its
-highest-bid admissible ad, else to the admissible organic item.
+highest-bid admissible ad, else to the admissible organic item. A request's ``DecodeOverrides``
+(exclusions, replaced bids) take items out of the counts and the leaves and set the bids a
+leaf ranks its ads by; ``bid_blind`` ranks them by catalog row instead, so no bid moves them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from ..catalog.trie import DeviceTrie
 from .config import DecodeSpec
+from .overrides import DecodeOverrides, choose_leaf_item, code_mask
 
 __all__ = ["SlateRules"]
 
@@ -24,8 +27,11 @@ class SlateRules:
     organic : [N, M] catalog rows of each request's organic items in their given order, -1 pad.
     """
 
-    def __init__(self, spec: DecodeSpec, trie: DeviceTrie, is_ad: torch.Tensor, organic: torch.Tensor) -> None:
+    def __init__(self, spec: DecodeSpec, trie: DeviceTrie, is_ad: torch.Tensor, organic: torch.Tensor,
+                 overrides: DecodeOverrides | None = None, bid_blind: bool = False) -> None:
         self.spec = spec
+        self.overrides = overrides
+        self.bid_blind = bid_blind
         self.trie = trie
         self.is_ad = is_ad
         self.organic = organic
@@ -70,32 +76,30 @@ class SlateRules:
         used_ad = (used >= 0) & self.is_ad[used.clamp(min=0)]
         used_nodes = torch.where(used_ad, trie.item_nodes[used.clamp(min=0), level], -1)  # [R, K]
         ads_left = trie.node_ad_count[level][child] - (used_nodes[:, None, :] == child[..., None]).sum(-1)
+        if self.overrides is not None:
+            ads_left = ads_left - self.overrides.ads_removed(level, child.view(n, -1)).view(child.shape)
         organic_ok, organic_row = self.organic_next()
         organic_node = torch.where(organic_ok, trie.item_nodes[organic_row.clamp(min=0), level], -1).reshape(-1)
         ads_ok = self.ads_ok(slot).reshape(-1)
         ok = valid & ((ads_ok[:, None] & (ads_left > 0)) | (organic_node[:, None] == child))
-        vocab = trie.codebook_sizes[level]
-        # inadmissible children write into a spare column, dropped after the scatter
-        code = torch.where(ok, trie.node_code[level][child].long(), vocab)
-        allowed = torch.zeros(n * b, vocab + 1, dtype=torch.bool, device=node.device)
-        return allowed.scatter_(1, code, True)[:, :vocab]
+        return code_mask(trie, level, child, ok)
 
     def resolve(self, slot: int, leaf: torch.Tensor, slot_items: torch.Tensor) -> torch.Tensor:
         """Item row each beam places at its chosen ``leaf [N, B]`` (-1 for dead beams)."""
-        trie = self.trie
         alive = leaf >= 0
-        leaf = leaf.clamp(min=0)
-        start = trie.leaf_ptr[leaf]
-        count = trie.leaf_ptr[leaf + 1] - start
-        offset = torch.arange(max(trie.max_leaf_items, 1), device=leaf.device)  # fixed: no host sync
-        valid = offset < count[..., None]
-        items = trie.leaf_items[(start[..., None] + offset).clamp(max=max(len(trie.leaf_items) - 1, 0))]
+        items, valid = self.trie.leaf_scan(leaf)
         unused = ~(items[..., :, None] == slot_items[..., None, :]).any(-1)
         organic_ok, organic_row = self.organic_next()
-        admissible = valid & (
-            (self.is_ad[items] & self.ads_ok(slot)[..., None] & unused)
-            | ((items == organic_row[..., None]) & organic_ok[..., None])
-        )
+        ad_ok = valid & self.is_ad[items] & self.ads_ok(slot)[..., None] & unused
+        organic = valid & (items == organic_row[..., None]) & organic_ok[..., None]
+        if self.overrides is not None or self.bid_blind:
+            n = items.shape[0]
+            if self.overrides is not None:
+                ad_ok &= ~self.overrides.excluded(items.view(n, -1)).view(items.shape)
+            key = (torch.zeros_like(items, dtype=torch.float32) if self.bid_blind or self.overrides is None
+                   else self.overrides.item_bid(items.view(n, -1)).view(items.shape))
+            return torch.where(alive, choose_leaf_item(items, ad_ok, organic, key), -1)
+        admissible = ad_ok | organic
         first = admissible.int().argmax(-1, keepdim=True)
         return torch.where(alive & admissible.any(-1), items.gather(-1, first).squeeze(-1), -1)
 

@@ -7,7 +7,8 @@ CTR under the world's true click model, and Psi, for
   GSP), given the engine's ad slots of each request so ad load is the same.
 
 Psi of the engine rows re-runs the list selection on misreports (``incentive_report``); the
-payment network also gets Psi from full re-decodes on a small sample (``redecode_regret``).
+engine rows also get Psi and regret / surplus from full re-decodes of every ad in any beam
+list (``redecode_rules``) on the first ``redecode_users`` users.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..engine import Engine
 from ..exceptions import ConfigError
 from ..world import AdWorld
 from .cascade import cascade_slates
-from .incentives import priced_three_ways, redecode_regret
+from .incentives import priced_three_ways
+from .redecode import redecode_rules
 from .quality import judge_slates
 
 __all__ = ["evaluation_table", "format_table"]
@@ -29,7 +31,8 @@ __all__ = ["evaluation_table", "format_table"]
 def evaluation_table(engine: Engine, world: AdWorld, users: np.ndarray, config: DecodeConfig | None = None,
                      ascent_steps: int = 30, redecode_users: int = 20) -> dict[str, dict[str, float]]:
     """One row per mechanism: ``revenue_per_mille``, ``ctr``, ``ad_share``, ``psi_grid``, ``psi``
-    (grid + ascent) and, for the payment network, ``psi_redecode`` on ``redecode_users``."""
+    (grid + ascent) and, for the engine rows, ``psi_full`` and ``regret_per_surplus_full``
+    (full re-decode) on ``redecode_users``."""
     config = config or engine.default_config
     if config.mode != "lists":
         raise ConfigError("mode", f"is {config.mode!r}", "'lists' (the table compares auctions over beam lists)")
@@ -49,8 +52,11 @@ def evaluation_table(engine: Engine, world: AdWorld, users: np.ndarray, config: 
         table[label] = {**judge_slates(world, users, pois, creatives, price.cpu().numpy()),
                         "psi_grid": regret.psi("grid"), "psi": regret.psi("ascent")}
     if redecode_users > 0:
-        sample = requests[:redecode_users]
-        table["engine + payment network"]["psi_redecode"] = redecode_regret(engine, sample, config).psi("grid")
+        full = redecode_rules(engine, requests[:redecode_users], config, ("network", "gsp", "vcg"))
+        for rule, label in (("network", "engine + payment network"), ("gsp", "engine slates, GSP"),
+                            ("vcg", "engine slates, VCG")):
+            table[label]["psi_full"] = full[rule].regret.psi("grid")
+            table[label]["regret_per_surplus_full"] = full[rule].regret_per_surplus()
 
     ad_slots = [list(np.flatnonzero((p >= 0) & world.is_ad[np.maximum(p, 0)])) for p in pois]
     cascade = cascade_slates(engine, world, users, ad_slots, config.num_slots, ascent_steps=ascent_steps)
@@ -60,9 +66,11 @@ def evaluation_table(engine: Engine, world: AdWorld, users: np.ndarray, config: 
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
-    lines = ["mechanism                   RPM      CTR     ad share  Psi (grid)  Psi (grid+ascent)  Psi (re-decode)"]
+    lines = ["mechanism                   RPM      CTR     ad share  Psi (grid)  Psi (grid+ascent)  "
+             "Psi (full re-decode)  regret/surplus (full)"]
     for name, row in table.items():
-        redecode = f"{row['psi_redecode']:.4f}" if "psi_redecode" in row else "-"
+        full = f"{row['psi_full']:<20.4f}" if "psi_full" in row else f"{'-':<20}"
+        per = f"{row['regret_per_surplus_full']:.4f}" if "regret_per_surplus_full" in row else "-"
         lines.append(f"{name:<26}  {row['revenue_per_mille']:<7.1f}  {row['ctr']:<6.4f}  {row['ad_share']:<8.3f}  "
-                     f"{row['psi_grid']:<10.4f}  {row['psi']:<17.4f}  {redecode}")
+                     f"{row['psi_grid']:<10.4f}  {row['psi']:<17.4f}  {full}  {per}")
     return "\n".join(lines)

@@ -26,18 +26,22 @@ def rowwise(fn, *tensors: torch.Tensor) -> torch.Tensor:
     return fn(*(F.pad(t, (0, pad)) for t in tensors))[..., :width]
 
 
+_GEMM_ROWS = 8  # rows the CPU BLAS multiplies at a time: 4 on AVX2 (AMD EPYC), 8 on AVX-512 (Xeon)
+
+
 class Linear(nn.Linear):
-    """``nn.Linear`` whose product on a CPU always has a multiple of 4 rows (zero rows added,
-    then dropped). The CPU BLAS (MKL) multiplies 4 rows at a time and the rest with another
-    kernel that rounds differently; which rows are "the rest" depends on the batch's size and
-    the thread count, so without this a request's slate would depend on its batch-mates."""
+    """``nn.Linear`` whose product on a CPU always has a multiple of 8 rows (zero rows added,
+    then dropped). The CPU BLAS (MKL) multiplies 4 (AVX2) or 8 (AVX-512) rows at a time and the
+    rest with another kernel that rounds differently; which rows are "the rest" depends on the
+    batch's size and the thread count, so without this a request's slate would depend on its
+    batch-mates."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
-        if x.device.type != "cpu" or rows % 4 == 0:
+        if x.device.type != "cpu" or rows % _GEMM_ROWS == 0:
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, x.shape[-1])
-        flat = torch.cat([flat, flat.new_zeros(-rows % 4, flat.shape[1])])
+        flat = torch.cat([flat, flat.new_zeros(-rows % _GEMM_ROWS, flat.shape[1])])
         return F.linear(flat, self.weight, self.bias)[:rows].reshape(*x.shape[:-1], self.out_features)
 
 

@@ -12,6 +12,11 @@ For request ``n`` with beams ``p = 0 .. P-1`` (logit row ``r = n * P + p``) at t
 admissible children (logits that are already log-probabilities over a larger vocabulary, only
 masked to the trie: Hugging Face transformers' default constrained beam search).
 
+A request may carry its own bids for a few children (``override_child`` / ``override_bid``,
+``[N, E]``): child ``j`` named by ``override_child[n, e]`` weighs with ``override_bid[n, e]``
+instead of ``child_max_bid[j]`` in every beam of request ``n`` (the max bid of the ads a
+request's exclusions or misreports leave in that subtree; ``decoding/overrides.py``).
+
 For every kept entry the step also returns the chosen code's CSR child index (the depth-(l+1)
 node id) and its ``logp``. Entries beyond the finite candidates (``k > P * V``, dead beams, rows
 with no admissible child) are *missing*: score ``-inf``, parent 0, token 0, child -1, logp -inf.
@@ -98,6 +103,8 @@ def beam_step(
     beta: float = 0.0,
     allowed: torch.Tensor | None = None,
     renormalize: bool = True,
+    override_child: torch.Tensor | None = None,
+    override_bid: torch.Tensor | None = None,
     backend: Backend = "auto",
 ) -> BeamStep:
     """Score every trie child of every beam and keep the ``k`` best per request.
@@ -121,6 +128,11 @@ def beam_step(
     allowed : optional [N*P, V] bool; False removes a code from that row (slate rules).
     renormalize : True (default): log-softmax over the admissible children. False: the masked
         values ``logits + w`` themselves (the logits are log-probabilities already).
+    override_child, override_bid : optional, both or neither: [N, E] int32/int64 depth-(l+1)
+        node ids (-1: no entry) and [N, E] float32 finite bids >= 0. Child ``j`` of any beam of
+        request ``n`` with ``j == override_child[n, e]`` uses ``override_bid[n, e]`` as its max
+        bid (the smallest of them where several entries name ``j``). No effect when
+        ``alpha == 0``.
     backend : "auto" | "torch" | "triton" | "cuda" (``CAPABILITIES`` says which runs what).
 
     Returns
@@ -137,10 +149,14 @@ def beam_step(
         The requested backend cannot run here or cannot take this call.
     """
     _check_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed, k, alpha, beta)
+    _check_override(override_child, override_bid, beam_scores.shape[0], logits.device)
+    if float(alpha) == 0.0 or (override_child is not None and override_child.shape[1] == 0):  # nothing to apply
+        override_child = override_bid = None
     chosen = resolve(CAPABILITIES, backend, logits.device, vocab=logits.shape[1],
                      beams=beam_scores.shape[1], renormalize=bool(renormalize))
     args = (logits, beam_scores, row_node, child_ptr, child_code, child_max_bid)
-    options = dict(k=int(k), alpha=float(alpha), log_beta=log_beta(float(beta)), allowed=allowed)
+    options = dict(k=int(k), alpha=float(alpha), log_beta=log_beta(float(beta)), allowed=allowed,
+                   override_child=override_child, override_bid=override_bid)
     if chosen == "torch":
         from .beam_step_torch import beam_step_torch
 
@@ -152,6 +168,25 @@ def beam_step(
     from .beam_step_cuda import beam_step_cuda
 
     return BeamStep(*beam_step_cuda(*args, **options))
+
+
+def _check_override(child, bid, requests: int, device: torch.device) -> None:
+    if child is None and bid is None:
+        return
+    if child is None or bid is None:
+        name = "override_child" if child is None else "override_bid"
+        raise FieldError(name, "is None while the other override tensor is given", "both or neither")
+    for name, t in (("override_child", child), ("override_bid", bid)):
+        if not isinstance(t, torch.Tensor):
+            raise FieldError(name, f"is a {type(t).__name__}", "a torch.Tensor")
+        if t.device != device:
+            raise FieldError(name, f"is on {t.device}", f"the logits device {device}")
+    if child.dim() != 2 or child.shape[0] != requests or child.dtype not in (torch.int32, torch.int64):
+        raise FieldError("override_child", f"has shape {tuple(child.shape)} dtype {child.dtype}",
+                         f"int32 or int64 [{requests}, E]")
+    if bid.shape != child.shape or bid.dtype != torch.float32:
+        raise FieldError("override_bid", f"has shape {tuple(bid.shape)} dtype {bid.dtype}",
+                         f"float32 {tuple(child.shape)} like override_child")
 
 
 def _check_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed,

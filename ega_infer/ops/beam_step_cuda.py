@@ -27,11 +27,23 @@ def kernel_inputs(
     child_code: torch.Tensor,
     child_max_bid: torch.Tensor,
     allowed: torch.Tensor | None,
+    *,
+    override_child: torch.Tensor | None = None,
+    override_bid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """The inputs as the kernels read them: logits with unit column stride (any row stride),
     beam_scores / child_max_bid / allowed contiguous, row_node and child_ptr int64, child_code
-    int32. Device-independent, so the CPU emulation of the kernels (tests/cuda_emulation) passes
-    exactly what the GPU gets."""
+    int32, override_child int64 and override_bid float32 contiguous ``[N, E]`` (both None when
+    there is no override or ``E == 0``: the kernels then read child_max_bid only).
+    Device-independent, so the CPU emulation of the kernels (tests/cuda_emulation) passes
+    exactly what the GPU gets.
+
+    Raises
+    ------
+    FieldError
+        Only one of the override tensors is given, or they are not both ``[N, E]``.
+    """
+    override_child, override_bid = _override_inputs(override_child, override_bid, beam_scores.shape[0])
     return {
         "logits": logits if logits.stride(1) == 1 else logits.contiguous(),
         "beam_scores": beam_scores.contiguous(),
@@ -40,7 +52,28 @@ def kernel_inputs(
         "child_code": child_code.to(torch.int32).contiguous(),
         "child_max_bid": child_max_bid.contiguous(),
         "allowed": allowed.contiguous() if allowed is not None else None,
+        "override_child": override_child,
+        "override_bid": override_bid,
     }
+
+
+def _override_inputs(child, bid, requests: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    # The public op checks these already; the wrapper is also called directly (tests, the
+    # emulation), where a bad shape must not become an out-of-bounds read in the kernels.
+    if child is None and bid is None:
+        return None, None
+    if child is None or bid is None:
+        name = "override_child" if child is None else "override_bid"
+        raise FieldError(name, "is None while the other override tensor is given", "both or neither")
+    if child.dim() != 2 or child.shape[0] != requests:
+        raise FieldError("override_child", f"has shape {tuple(child.shape)}", f"[{requests}, E]")
+    if bid.shape != child.shape:
+        raise FieldError("override_bid", f"has shape {tuple(bid.shape)}",
+                         f"{tuple(child.shape)} like override_child")
+    if child.shape[1] == 0:
+        return None, None
+    # one index dtype for the kernels: an int32 -> int64 copy of [N, E] costs nothing next to the step
+    return child.to(torch.int64).contiguous(), bid.to(torch.float32).contiguous()
 
 
 def beam_step_cuda(
@@ -55,6 +88,8 @@ def beam_step_cuda(
     alpha: float,
     log_beta: float,
     allowed: torch.Tensor | None = None,
+    override_child: torch.Tensor | None = None,
+    override_bid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``k`` candidates per request of ``beam_scores[n, p] + logp[n * P + p, c]``.
 
@@ -64,7 +99,11 @@ def beam_step_cuda(
     ``beta == 0``, computed in float64 by the caller), which is ``log(bid ** alpha + beta)`` without
     its overflow. Inputs as the public op takes them: ``logits [N*P, V]`` (unit column stride),
     ``beam_scores [N, P]`` float32, ``row_node [N*P]``, the CSR child arrays of the next depth
-    (children of a node sorted by code), optional ``allowed [N*P, V]`` bool.
+    (children of a node sorted by code), optional ``allowed [N*P, V]`` bool, optional
+    ``override_child`` ``[N, E]`` int32/int64 CSR child ids (-1: no entry) with ``override_bid``
+    ``[N, E]`` float32: child ``j`` of any beam of request ``n`` named by ``override_child[n, e]``
+    weighs with ``override_bid[n, e]`` instead of ``child_max_bid[j]`` (the smallest where several
+    entries name it).
 
     Returns
     -------
@@ -75,7 +114,7 @@ def beam_step_cuda(
     Raises
     ------
     FieldError
-        The tensors are not on a CUDA device.
+        The tensors are not on a CUDA device, or the override tensors are not both ``[N, E]``.
     BackendUnavailableError
         ``ega_infer._cuda`` is not built (the message says how to rebuild).
     """
@@ -96,7 +135,9 @@ def beam_step_cuda(
     child = torch.empty((requests, k), dtype=torch.int64, device=device)
     logp = torch.empty((requests, k), dtype=torch.float32, device=device)
 
-    inputs = kernel_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed)
+    inputs = kernel_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, allowed,
+                           override_child=override_child, override_bid=override_bid)
+    override_child, override_bid = inputs["override_child"], inputs["override_bid"]
     logits, allowed = inputs["logits"], inputs["allowed"]
     workspace_bytes = int(module.beam_step_workspace_bytes(requests, beams, vocab, k))
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
@@ -111,6 +152,9 @@ def beam_step_cuda(
             child_code_ptr=inputs["child_code"].data_ptr(),
             child_max_bid_ptr=inputs["child_max_bid"].data_ptr(),
             allowed_ptr=allowed.data_ptr() if allowed is not None else 0,
+            override_child_ptr=override_child.data_ptr() if override_child is not None else 0,
+            override_bid_ptr=override_bid.data_ptr() if override_bid is not None else 0,
+            override_entries=override_child.shape[1] if override_child is not None else 0,
             requests=requests,
             beams=beams,
             vocab=vocab,

@@ -41,11 +41,15 @@ def trie_log_softmax_torch(
     log_beta: float,
     allowed: torch.Tensor | None = None,
     renormalize: bool = True,
+    override_child: torch.Tensor | None = None,
+    override_bid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Masked, bid-weighted log-softmax over each row's trie children, ``[R, V]`` float32.
 
     Row ``r`` at node ``n = row_node[r]``: child ``j`` of ``n`` with code ``c`` has the value
-    ``v = logits[r, c] + token_weight(child_max_bid[j])``; it is admissible when ``v > -inf``
+    ``v = logits[r, c] + token_weight(bid_j)``, ``bid_j = child_max_bid[j]`` unless the row's
+    request names ``j`` in ``override_child`` (``[N, E]``, rows ``r // (R / N)`` of request
+    ``n``): then the smallest of its ``override_bid`` entries. It is admissible when ``v > -inf``
     and ``allowed[r, c]``. ``out[r, c] = v - logsumexp(admissible v)`` (``renormalize=False``:
     ``v`` itself, for logits that are already log-probabilities and only masked), ``-inf`` for
     every other code; a dead row (``n < 0``) or one with no admissible child is all ``-inf``.
@@ -56,7 +60,13 @@ def trie_log_softmax_torch(
     code = child_code[child].long()
     # weights of every node of the level, then gathered: a request's values do not depend on
     # where its children sit among the batch's (elementwise log/exp round by position on a CPU)
-    value = logits[rows, code].float() + token_weight(child_max_bid, alpha, log_beta)[child]
+    weight = token_weight(child_max_bid, alpha, log_beta)[child]
+    if override_child is not None and rows.numel():
+        beams = num_rows // override_child.shape[0]
+        named = override_child[rows // beams].long() == child[:, None]  # [pairs, E]
+        bid = torch.where(named, override_bid[rows // beams], float("inf")).amin(1)
+        weight = torch.where(named.any(1), token_weight(bid, alpha, log_beta), weight)
+    value = logits[rows, code].float() + weight
     keep = value > NEG_INF
     if allowed is not None:
         keep &= allowed[rows, code]
@@ -96,6 +106,8 @@ def beam_step_torch(
     log_beta: float,
     allowed: torch.Tensor | None = None,
     renormalize: bool = True,
+    override_child: torch.Tensor | None = None,
+    override_bid: torch.Tensor | None = None,
 ) -> BeamStep:
     """``trie_log_softmax_torch`` -> exact top-k -> child lookup (arguments of ``beam_step``,
     with ``log_beta = log(beta)``).
@@ -111,6 +123,7 @@ def beam_step_torch(
     logp = trie_log_softmax_torch(
         logits, row_node, child_ptr, child_code, child_max_bid,
         alpha=alpha, log_beta=log_beta, allowed=allowed, renormalize=renormalize,
+        override_child=override_child, override_bid=override_bid,
     ).view(n, p, vocab)
     scores, parent, token = _ranked_topk(beam_scores.float()[..., None] + logp, k)
     alive = scores > NEG_INF

@@ -8,8 +8,9 @@ bucket's static buffers (padded to the model's longest history; spare rows hold 
 history), its organic lists too (cut to ``num_slots``: no slate can place more), and the first
 ``n`` rows of the static outputs are returned. The catalog's device arrays are read in place,
 so a graph belongs to one catalog: after ``Engine.set_catalog`` the next batch captures again
-(a new catalog is never served by an old graph). The key holds only what the graph depends on:
-the engine's load-control and reporting knobs (``DecodeConfig.fallback_beams``,
+(a new catalog is never served by an old graph). A batch's exclusion lists are padded to the
+next power of two (a graph per width; none without exclusions). The key holds only what the
+graph depends on: the engine's load-control and reporting knobs (``DecodeConfig.fallback_beams``,
 ``latency_target_ms``, ``num_candidates``) never capture a new graph.
 
 ``capture=False`` runs the same bucketed, padded function eagerly (on any device): tests use it
@@ -49,7 +50,8 @@ class DecodeGraphs:
         return n <= self.buckets[-1] and (not self.capture or backends.kernels)
 
     def run(self, model: GenerativeAdModel, memory: torch.Tensor, mask: torch.Tensor, organic: torch.Tensor,
-            spec: DecodeSpec, backends: OpBackends, catalog: DeviceCatalog) -> CandidateLists:
+            spec: DecodeSpec, backends: OpBackends, catalog: DeviceCatalog,
+            exclude: torch.Tensor | None = None) -> CandidateLists:
         """``decode_to_payments`` on the bucket's padded inputs; returns the first ``n`` rows,
         copied out of the static buffers (the next replay overwrites them). Not thread-safe:
         the caller runs one batch at a time."""
@@ -58,14 +60,15 @@ class DecodeGraphs:
             self._catalog = catalog
         n = memory.shape[0]
         bucket = next(b for b in self.buckets if b >= n)
-        key = (bucket, spec, backends)
+        width = 0 if exclude is None else 1 << max(exclude.shape[1] - 1, 0).bit_length()
+        key = (bucket, width, spec, backends)
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry(memory, organic, bucket, self.context_width, spec.num_slots)
-        entry.load(memory, mask, organic)
+            entry = self._entries[key] = _Entry(memory, organic, bucket, self.context_width, spec.num_slots, width)
+        entry.load(memory, mask, organic, exclude)
 
-        def stage(memory, mask, organic):
-            return decode_to_payments(model, memory, mask, organic, spec, backends, catalog).tensors()
+        def stage(memory, mask, organic, exclude=None):
+            return decode_to_payments(model, memory, mask, organic, spec, backends, catalog, exclude=exclude).tensors()
 
         if entry.graph is None and self.capture:
             self._capture(entry, stage)
@@ -93,19 +96,23 @@ class DecodeGraphs:
 class _Entry:
     """A bucket's static inputs, its graph (None when not capturing) and its static outputs."""
 
-    def __init__(self, memory: torch.Tensor, organic: torch.Tensor, bucket: int, width: int, slots: int) -> None:
+    def __init__(self, memory: torch.Tensor, organic: torch.Tensor, bucket: int, width: int, slots: int,
+                 excluded: int) -> None:
         self.memory = memory.new_zeros(bucket, width, memory.shape[-1])
         self.mask = torch.zeros(bucket, width, dtype=torch.bool, device=memory.device)
         self.mask[:, 0] = True  # spare rows: an empty history still has the user token
         self.organic = torch.full((bucket, slots), -1, dtype=organic.dtype, device=organic.device)
+        self.exclude = (torch.full((bucket, excluded), -1, dtype=torch.long, device=organic.device)
+                        if excluded else None)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: dict[str, torch.Tensor] = {}
 
     @property
-    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.memory, self.mask, self.organic
+    def inputs(self) -> tuple:
+        return (self.memory, self.mask, self.organic) + ((self.exclude,) if self.exclude is not None else ())
 
-    def load(self, memory: torch.Tensor, mask: torch.Tensor, organic: torch.Tensor) -> None:
+    def load(self, memory: torch.Tensor, mask: torch.Tensor, organic: torch.Tensor,
+             exclude: torch.Tensor | None) -> None:
         n, s = mask.shape
         self.memory[:n].zero_()
         self.memory[:n, :s].copy_(memory)
@@ -114,3 +121,6 @@ class _Entry:
         m = min(organic.shape[1], self.organic.shape[1])
         self.organic[:n].fill_(-1)
         self.organic[:n, :m].copy_(organic[:, :m])
+        if self.exclude is not None:
+            self.exclude.fill_(-1)
+            self.exclude[:n, : exclude.shape[1]].copy_(exclude)

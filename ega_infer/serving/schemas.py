@@ -17,7 +17,7 @@ from typing import Any, Literal, get_type_hints
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..decoding import DecodeConfig, ListScore
+from ..decoding import PRICING, DecodeConfig, ListScore
 from ..exceptions import ConfigError, RequestError, show_value
 from ..request import Request
 from ..slate import Slate, SlotResult
@@ -45,6 +45,7 @@ class RequestJSON(BaseModel):
     history_time_buckets: list[int] | None = Field(None, description="[S] time bucket ids (null = 0)")
     organic_items: list[int] = Field(default_factory=list, description="catalog ids of the page's organic items")
     request_id: str = Field("", description="returned with the slate as given")
+    exclude_items: list[int] = Field(default_factory=list, description="catalog ids this request must not show")
 
 
 class ListScoreJSON(BaseModel):
@@ -69,6 +70,7 @@ class ConfigJSON(BaseModel):
     forbidden_ad_slots: list[int] | None = None
     list_score: ListScoreJSON | None = None
     choose_creatives: bool | None = None
+    pricing: Literal[PRICING] | None = None  # type: ignore[valid-type]
     num_candidates: int | None = None
     fallback_beams: list[list[int]] | None = None
     latency_target_ms: float | None = None

@@ -25,7 +25,7 @@ class HistoryBank:
         }
 
     def batch(self, users: np.ndarray, device: torch.device) -> History:
-        history, _ = collate([self.prepared[int(u)] for u in users], device)
+        history, _, _ = collate([self.prepared[int(u)] for u in users], device)
         return history
 
 

@@ -8,12 +8,14 @@
 
 extern "C" {
 
-// Inputs as launch_beam_step takes them (host memory here). limits: row_smem_children,
+// Inputs as launch_beam_step takes them (host memory here; override_child / override_bid null
+// for no override). limits: row_smem_children,
 // merge_smem_keys, sort_smem_keys, each <= 0 for the launcher's default. Outputs [N, k]. log: the
 // launches made, or the error. Returns 0, 1 (invalid argument) or 2 (emulation error).
 int ega_emu_beam_step(const void* logits, int dtype, int64_t logits_row_stride, const float* beam_scores,
                       const int64_t* row_node, const int64_t* child_ptr, const int32_t* child_code,
-                      const float* child_max_bid, const uint8_t* allowed, int64_t requests, int64_t beams,
+                      const float* child_max_bid, const uint8_t* allowed, const int64_t* override_child,
+                      const float* override_bid, int64_t override_entries, int64_t requests, int64_t beams,
                       int64_t vocab, int64_t k, float alpha, float log_beta, const int64_t* limits,
                       float* score, int64_t* parent, int64_t* token, int64_t* child, float* logp,
                       char* log, int64_t log_len) {
@@ -37,6 +39,9 @@ int ega_emu_beam_step(const void* logits, int dtype, int64_t logits_row_stride, 
     args.child_code = child_code;
     args.child_max_bid = child_max_bid;
     args.allowed = allowed;
+    args.override_child = override_child;
+    args.override_bid = override_bid;
+    args.override_entries = override_entries;
     args.requests = requests;
     args.beams = beams;
     args.vocab = vocab;

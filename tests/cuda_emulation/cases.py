@@ -98,14 +98,59 @@ def make_beam_case(requests: int, beams: int, vocab: int, *, seed: int, dtype=to
     return {name: (t.to(device) if t is not None else None) for name, t in case.items()}
 
 
+OVERRIDE_BIDS = (0.0, 0.3, 1.7, 6.0, 50.0, 1e3)
+
+
+def add_override(case: dict, entries: int, *, seed: int, dtype=torch.int64, bids=OVERRIDE_BIDS) -> dict:
+    """``case`` with a per-request bid override of ``entries`` columns (``override_child`` /
+    ``override_bid``, on the case's device): mostly children of the request's own live rows,
+    some children of any node (most of them never scored by the request), -1 pads, and with
+    ``entries >= 3`` one of the request's children named twice with different bids (the smaller
+    counts). ``bids``: the values the override bids are drawn from."""
+    gen = torch.Generator().manual_seed(seed)
+    row_node = case["row_node"].cpu().long()
+    child_ptr = case["child_ptr"].cpu().long()
+    requests, beams = case["beam_scores"].shape
+    total = int(child_ptr[-1])
+    choices = torch.tensor(bids, dtype=torch.float32)
+    child = torch.full((requests, entries), -1, dtype=torch.int64)
+    bid = choices[torch.randint(len(choices), (requests, entries), generator=gen)]
+    for n in range(requests):
+        nodes = row_node[n * beams : (n + 1) * beams]
+        ranges = [torch.arange(int(child_ptr[m]), int(child_ptr[m + 1]))
+                  for m in nodes[nodes >= 0].unique().tolist()]
+        own = torch.cat(ranges) if ranges else torch.zeros(0, dtype=torch.int64)
+        for e in range(entries):
+            u = float(torch.rand((), generator=gen))
+            if u < 0.15 or total == 0:
+                continue  # a pad
+            pool = own if own.numel() and u >= 0.35 else torch.arange(total)
+            child[n, e] = pool[int(torch.randint(pool.numel(), (), generator=gen))]
+        if entries >= 3 and own.numel():
+            twice = own[int(torch.randint(own.numel(), (), generator=gen))]
+            child[n, 0] = child[n, entries - 1] = twice
+            bid[n, 0], bid[n, entries - 1] = 6.0, 0.3
+    device = case["logits"].device
+    return dict(case, override_child=child.to(dtype).to(device), override_bid=bid.to(device))
+
+
 def beam_inputs(case: dict) -> tuple:
     return (case["logits"], case["beam_scores"], case["row_node"], case["child_ptr"],
             case["child_code"], case["child_max_bid"])
 
 
+def beam_override(case: dict) -> dict:
+    """The case's override as keyword arguments (both None without one). E == 0 is passed as no
+    override, which is what the kernels make of it (the reference's amin cannot reduce E == 0)."""
+    child, bid = case.get("override_child"), case.get("override_bid")
+    if child is None or child.shape[1] == 0:
+        return {"override_child": None, "override_bid": None}
+    return {"override_child": child, "override_bid": bid}
+
+
 def beam_reference(case: dict, k: int, alpha: float, log_beta: float):
     return beam_step_torch(*beam_inputs(case), k=k, alpha=alpha, log_beta=log_beta,
-                           allowed=case["allowed"])
+                           allowed=case["allowed"], **beam_override(case))
 
 
 def assert_step_matches(got: tuple, case: dict, k: int, alpha: float, log_beta: float,
@@ -151,7 +196,7 @@ def assert_step_matches(got: tuple, case: dict, k: int, alpha: float, log_beta: 
     # Against the reference: logp at the chosen entry, and the entry itself away from near-ties.
     dense = trie_log_softmax_torch(
         case["logits"], case["row_node"], case["child_ptr"], case["child_code"], case["child_max_bid"],
-        alpha=alpha, log_beta=log_beta, allowed=case["allowed"],
+        alpha=alpha, log_beta=log_beta, allowed=case["allowed"], **beam_override(case),
     ).view(requests, beams * vocab)
     flat = parent * vocab + token
     torch.testing.assert_close(logp[alive], dense.gather(1, flat)[alive], atol=atol, rtol=rtol)

@@ -103,8 +103,8 @@ class Emulator:
     def __init__(self, path: Path) -> None:
         lib = ctypes.CDLL(str(path))
         p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-        lib.ega_emu_beam_step.argtypes = [p, i32, i64, p, p, p, p, p, p, i64, i64, i64, i64, f32, f32,
-                                          p, p, p, p, p, p, ctypes.c_char_p, i64]
+        lib.ega_emu_beam_step.argtypes = [p, i32, i64, p, p, p, p, p, p, p, p, i64, i64, i64, i64, i64,
+                                          f32, f32, p, p, p, p, p, p, ctypes.c_char_p, i64]
         lib.ega_emu_beam_step.restype = i32
         lib.ega_emu_beam_step_workspace_bytes.argtypes = [i64, i64, i64, i64, p, ctypes.c_char_p, i64]
         lib.ega_emu_beam_step_workspace_bytes.restype = i64
@@ -149,11 +149,14 @@ class Emulator:
     # --- beam_step ------------------------------------------------------------------------------
 
     def beam_step(self, logits, beam_scores, row_node, child_ptr, child_code, child_max_bid, *, k: int,
-                  alpha: float, log_beta: float, allowed=None, limits=(0, 0, 0)):
+                  alpha: float, log_beta: float, allowed=None, override_child=None, override_bid=None,
+                  limits=(0, 0, 0)):
         """``beam_step_cuda`` on the CPU: ``((scores, parent, token, child, logp), launched)``;
         ``limits`` = (row_smem_children, merge_smem_keys, sort_smem_keys), 0 = the launcher's."""
-        inputs = beam_step_inputs(logits, beam_scores, row_node, child_ptr, child_code,
-                                              child_max_bid, allowed)
+        inputs = beam_step_inputs(logits, beam_scores, row_node, child_ptr, child_code, child_max_bid,
+                                  allowed, override_child=override_child, override_bid=override_bid)
+        override_child = inputs["override_child"]
+        entries = override_child.shape[1] if override_child is not None else 0
         requests, beams = beam_scores.shape
         out_f = [torch.empty(requests, k, dtype=torch.float32) for _ in range(2)]
         out_i = [torch.empty(requests, k, dtype=torch.int64) for _ in range(3)]
@@ -163,6 +166,7 @@ class Emulator:
             _ptr(inputs["logits"]), DTYPE_CODES[logits.dtype], inputs["logits"].stride(0),
             _ptr(inputs["beam_scores"]), _ptr(inputs["row_node"]), _ptr(inputs["child_ptr"]),
             _ptr(inputs["child_code"]), _ptr(inputs["child_max_bid"]), _ptr(inputs["allowed"]),
+            _ptr(override_child), _ptr(inputs["override_bid"]), entries,
             requests, beams, logits.shape[1], k, alpha, log_beta, lim,
             _ptr(out_f[0]), _ptr(out_i[0]), _ptr(out_i[1]), _ptr(out_i[2]), _ptr(out_f[1]),
             log, len(log))
