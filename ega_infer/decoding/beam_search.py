@@ -25,7 +25,7 @@ from ..model.decoder import DecoderContext, LazyARDecoder
 from ..ops._dispatch import OpBackends
 from ..ops.beam_step import beam_step
 from .config import DecodeSpec
-from .overrides import DecodeOverrides, ItemOverrides, choose_leaf_item
+from .overrides import DecodeOverrides, ItemOverrides, resolve_leaves
 from .slate_rules import SlateRules
 
 __all__ = ["beam_search"]
@@ -127,10 +127,8 @@ def beam_search(
             if rules is not None:
                 placed = rules.resolve(slot, node, items)
                 rules.place(slot, placed)
-            elif ov is not None:
-                placed = torch.where(alive, ov.resolve(node, spec.bid_blind), -1)
-            elif spec.bid_blind:
-                placed = torch.where(alive, _blind_resolve(trie, catalog.is_ad, node), -1)
+            elif ov is not None or spec.bid_blind:
+                placed = torch.where(alive, resolve_leaves(trie, catalog.is_ad, node, ov, spec.bid_blind), -1)
             else:
                 placed = torch.where(alive, trie.resolve(node.clamp(min=0)), -1)
             items[..., slot] = placed
@@ -140,13 +138,6 @@ def beam_search(
             node = torch.where(alive, 0, -1)
 
     return _lists(spec, catalog, scores, items, codes, log_alloc, hidden_out, ov)
-
-
-def _blind_resolve(trie, is_ad: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
-    """Candidates mode, bid-blind: a leaf's ad of the lowest row, else its first organic item."""
-    items, valid = trie.leaf_scan(leaf)
-    ad = is_ad[items]
-    return choose_leaf_item(items, valid & ad, valid & ~ad, torch.zeros(items.shape, device=items.device))
 
 
 def _lists(spec: DecodeSpec, catalog: DeviceCatalog, scores: torch.Tensor, items: torch.Tensor,
@@ -165,7 +156,7 @@ def _lists(spec: DecodeSpec, catalog: DeviceCatalog, scores: torch.Tensor, items
         alive = alive_k[:, :1].any(1, keepdim=True)
     safe = items.clamp(min=0)
     is_ad = catalog.is_ad[safe] & (items >= 0)
-    bids = torch.where(is_ad, catalog.bids[safe] if ov is None else ov.item_bid(safe.view(safe.shape[0], -1)).view(safe.shape), 0.0)
+    bids = torch.where(is_ad, catalog.bids[safe] if ov is None else ov.item_bid(safe), 0.0)
     return CandidateLists(
         items=items, is_ad=is_ad, bids=bids, alive=alive, weights=spec.list_score, log_alloc=log_alloc,
         poi_codes=codes, hidden=hidden, beam_items=beam_items, beam_scores=beam_scores,

@@ -24,7 +24,7 @@ import torch
 
 from ..catalog.trie import DeviceTrie
 
-__all__ = ["ItemOverrides", "DecodeOverrides", "choose_leaf_item", "code_mask"]
+__all__ = ["ItemOverrides", "DecodeOverrides", "resolve_leaves", "choose_leaf_item", "code_mask"]
 
 _PAD = 2**62  # sorts after every node id and catalog row
 
@@ -141,17 +141,6 @@ class DecodeOverrides:
         left = self.trie.node_item_count[level][child] - self.items_removed(level, child.view(n, -1)).view(child.shape)
         return code_mask(self.trie, level, child, valid & (left > 0))
 
-    def resolve(self, leaf: torch.Tensor, bid_blind: bool = False) -> torch.Tensor:
-        """Candidates mode: the item each ``leaf [N, B]`` resolves to for its request (-1 if
-        dead or every item is excluded)."""
-        n = leaf.shape[0]
-        items, valid = self.trie.leaf_scan(leaf)
-        flat = items.view(n, -1)
-        ok = valid & ~self.excluded(flat).view(items.shape)
-        ad = self.is_ad[items]
-        key = torch.zeros(items.shape, device=items.device) if bid_blind else self.item_bid(flat).view(items.shape)
-        return torch.where(leaf >= 0, choose_leaf_item(items, ok & ad, ok & ~ad, key), -1)
-
     def drop_excluded(self, organic: torch.Tensor) -> torch.Tensor:
         """``organic [N, M]`` rows (-1 pad) without the excluded ones, order kept, -1 padded."""
         gone = (organic < 0) | self.excluded(organic)
@@ -177,6 +166,18 @@ class DecodeOverrides:
             below = torch.where(hit, values.gather(1, pos.reshape(n, -1)).view(child.shape), below)
             out.insert(0, torch.where(child >= 0, below, float("-inf")).amax(-1).clamp(min=0))
         return out
+
+
+def resolve_leaves(trie: DeviceTrie, is_ad: torch.Tensor, leaf: torch.Tensor, ov: DecodeOverrides | None,
+                   bid_blind: bool) -> torch.Tensor:
+    """Candidates mode: the item each ``leaf [N, B]`` resolves to for its request (-1 if dead or
+    every item is excluded): its highest-bid ad as the request sees bids (``bid_blind``: the
+    lowest-row ad), else its first organic item."""
+    items, valid = trie.leaf_scan(leaf)
+    ok = valid if ov is None else valid & ~ov.excluded(items)
+    ad = is_ad[items]
+    key = torch.zeros(items.shape, device=items.device) if bid_blind or ov is None else ov.item_bid(items)
+    return torch.where(leaf >= 0, choose_leaf_item(items, ok & ad, ok & ~ad, key), -1)
 
 
 def choose_leaf_item(items: torch.Tensor, ad_ok: torch.Tensor, organic_ok: torch.Tensor,

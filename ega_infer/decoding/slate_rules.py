@@ -93,11 +93,10 @@ class SlateRules:
         ad_ok = valid & self.is_ad[items] & self.ads_ok(slot)[..., None] & unused
         organic = valid & (items == organic_row[..., None]) & organic_ok[..., None]
         if self.overrides is not None or self.bid_blind:
-            n = items.shape[0]
             if self.overrides is not None:
-                ad_ok &= ~self.overrides.excluded(items.view(n, -1)).view(items.shape)
+                ad_ok &= ~self.overrides.excluded(items)
             key = (torch.zeros_like(items, dtype=torch.float32) if self.bid_blind or self.overrides is None
-                   else self.overrides.item_bid(items.view(n, -1)).view(items.shape))
+                   else self.overrides.item_bid(items))
             return torch.where(alive, choose_leaf_item(items, ad_ok, organic, key), -1)
         admissible = ad_ok | organic
         first = admissible.int().argmax(-1, keepdim=True)
