@@ -117,12 +117,14 @@ def kernel_backend(device, monkeypatch):
 @torch.no_grad()
 @pytest.mark.interpreter
 @pytest.mark.parametrize("mode", ["lists", "candidates"])
-def test_decode_to_payments_never_synchronises(device, kernel_backend, mode, monkeypatch):
-    """The whole captured stage (decode loop, creatives, reward selection, payment network) on
-    the kernel backend: no op that would wait for the GPU."""
+@pytest.mark.parametrize("pricing", ["network", "clarke"])
+def test_decode_to_payments_never_synchronises(device, kernel_backend, mode, pricing, monkeypatch):
+    """The whole captured stage (decode loop, creatives, reward selection, payments; with Clarke
+    pricing the counterfactual decodes, with requests that exclude items) on the kernel
+    backend: no op that would wait for the GPU."""
     engine = Engine.from_pretrained("tiny", device=device, cuda_graphs=False)
     engine.set_catalog(synthetic_catalog(engine.config, n_items=300, seed=3))
-    config = dataclasses.replace(engine.default_config, backend=kernel_backend)
+    config = dataclasses.replace(engine.default_config, backend=kernel_backend, pricing=pricing)
     if mode == "candidates":
         config = dataclasses.replace(config, mode="candidates", max_ads=None, min_gap=0, beams=(4, 8, 8))
     guard = HostSyncGuard()
@@ -133,7 +135,11 @@ def test_decode_to_payments_never_synchronises(device, kernel_backend, mode, mon
             return stage(*args, **kwargs)
 
     monkeypatch.setattr(engine_module, "decode_to_payments", watched)
-    slates = engine.generate(synthetic_requests(engine.catalog, engine.config, n=3, seed=4), config)
+    requests = synthetic_requests(engine.catalog, engine.config, n=3, seed=4)
+    if pricing == "clarke":
+        ads = engine.catalog.item_ids[engine.catalog.is_ad]
+        requests = [dataclasses.replace(r, exclude_items=list(ads[i: i + 2 + i])) for i, r in enumerate(requests)]
+    slates = engine.generate(requests, config)
     assert all(s.ok for s in slates) and any(s.slots for s in slates)
     assert guard.found == []
 
