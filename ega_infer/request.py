@@ -113,7 +113,10 @@ def prepare_request(request: object, config: ModelConfig, catalog: Catalog, list
 
 
 def _excluded_rows(values: object, catalog: Catalog) -> np.ndarray:
-    """The distinct catalog rows of ``exclude_items`` (ids the catalog lacks are skipped)."""
+    """The distinct catalog rows of ``exclude_items`` (None: none; ids the catalog lacks are
+    skipped)."""
+    if values is None:
+        return np.zeros(0, np.int64)
     ids = _array("exclude_items", values, f"a list of at most {MAX_EXCLUDED_ITEMS} item ids")
     if ids.size == 0:
         return np.zeros(0, np.int64)
